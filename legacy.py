@@ -1,0 +1,156 @@
+"""Load network pickles: ours, official StyleGAN2-ADA-PyTorch ones, and (later) TF-era ones.
+
+Security note: a network pickle is code. Loading one runs the Python source embedded in it
+(see torch_utils/persistence.py), so only load pickles from sources you trust.
+"""
+
+import os
+import pickle
+import tempfile
+
+import click
+
+import dnnlib
+from torch_utils import misc
+
+NETWORK_KEYS = ("G", "D", "G_ema")
+
+
+class NetworkPickleError(IOError):
+    """A file that cannot be read as a network pickle; the message names the file and the fix."""
+
+
+class _TFNetworkStub(dnnlib.EasyDict):
+    """Stands in for `dnnlib.tflib.network.Network` objects found in TF-era pickles."""
+
+    def __setstate__(self, state):
+        self.update(state)
+
+
+class _LegacyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module == "dnnlib.tflib.network" and name == "Network":
+            return _TFNetworkStub
+        return super().find_class(module, name)
+
+
+def _describe(f) -> str:
+    return getattr(f, "name", None) or "<network pickle stream>"
+
+
+def _unpickle(f):
+    """Unpickle `f`, turning the ways a damaged or foreign file fails into one clear error."""
+    where = _describe(f)
+    try:
+        return _LegacyUnpickler(f).load()
+    except (EOFError, pickle.UnpicklingError) as e:
+        raise NetworkPickleError(
+            f"{where}: not a readable network pickle ({type(e).__name__}: {e}); "
+            f"the file is truncated or of another format: download it again or pass the right file"
+        ) from None
+    except (ModuleNotFoundError, AttributeError) as e:
+        raise NetworkPickleError(
+            f"{where}: the pickle refers to code that is not available here ({e}); "
+            f"it was not written by StyleGAN2-ADA or this project"
+        ) from None
+
+
+def _is_tf_pickle(data) -> bool:
+    return isinstance(data, tuple) and len(data) == 3 and all(isinstance(net, _TFNetworkStub) for net in data)
+
+
+def load_network_pkl(f, force_fp16: bool = False) -> dict:
+    """Read a network pickle into a dict with `G`, `D`, `G_ema`, `augment_pipe`, `training_set_kwargs`.
+
+    Args:
+        f: a binary file object (e.g. from `dnnlib.util.open_url`).
+        force_fp16: rebuild G, D and G_ema with 4 fp16 resolutions and conv_clamp=256 (as
+            StyleGAN2-ADA's own fp16 settings), copying the weights over.
+    Returns:
+        dict; missing optional entries (`augment_pipe`, `training_set_kwargs`, `D`) are None.
+    """
+    where = _describe(f)
+    data = _unpickle(f)
+    if _is_tf_pickle(data):
+        raise NetworkPickleError(
+            f"{where}: this is a TF-era StyleGAN2/ADA pickle; converting those is not supported in this "
+            f"version yet: use the PyTorch version of the network (StyleGAN2-ADA-PyTorch publishes them)"
+        )
+    if not isinstance(data, dict) or "G_ema" not in data:
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise NetworkPickleError(
+            f"{where}: not a StyleGAN2-ADA network pickle (expected a dict with {', '.join(NETWORK_KEYS)}, "
+            f"found {found}); pass a network-snapshot-*.pkl file"
+        )
+    data = dict(data)
+    for key in ("G", "D", "augment_pipe", "training_set_kwargs"):
+        data.setdefault(key, None)
+    if force_fp16:
+        for key in NETWORK_KEYS:
+            if data[key] is not None:
+                data[key] = _rebuild_with_fp16(data[key], is_generator=(key != "D"))
+    return data
+
+
+def _rebuild_with_fp16(net, is_generator: bool):
+    """Re-construct a persistent network from its init kwargs with fp16 enabled, keeping its weights."""
+    if not hasattr(net, "init_kwargs"):
+        raise NetworkPickleError(
+            f"cannot force fp16 on {type(net).__name__}: it does not record its constructor arguments"
+        )
+    kwargs = dnnlib.EasyDict(net.init_kwargs)
+    target = kwargs
+    if is_generator:
+        kwargs.synthesis_kwargs = target = dnnlib.EasyDict(kwargs.get("synthesis_kwargs", {}))
+    if target.get("num_fp16_res", 0) == 4 and target.get("conv_clamp") == 256:
+        return net
+    target.num_fp16_res = 4
+    target.conv_clamp = 256
+    new_net = type(net)(*net.init_args, **kwargs).eval().requires_grad_(False)
+    misc.copy_params_and_buffers(net, new_net, require_all=True)
+    return new_net
+
+
+def save_network_pkl(data: dict, path: str) -> None:
+    """Write a network dict as a pickle, atomically (temp file, fsync, rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            pickle.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_network_pkl_from(url_or_path: str, force_fp16: bool = False) -> dict:
+    """`load_network_pkl` on a local path or URL (downloaded once into the dnnlib cache)."""
+    with dnnlib.util.open_url(url_or_path) as f:
+        return load_network_pkl(f, force_fp16=force_fp16)
+
+
+@click.command()
+@click.option("--source", help="Input pickle: path or URL", required=True, metavar="PATH")
+@click.option("--dest", help="Output pickle", required=True, metavar="PATH")
+@click.option("--force-fp16", help="Rebuild the networks with fp16 layers", type=bool, default=False,
+              show_default=True)
+def convert_network_pickle(source, dest, force_fp16):
+    """Re-save a network pickle in this project's format.
+
+    \b
+    python legacy.py --source=network-snapshot-000100.pkl --dest=converted.pkl
+    """
+    try:
+        data = load_network_pkl_from(source, force_fp16=force_fp16)
+    except (OSError, NetworkPickleError) as e:
+        raise click.ClickException(str(e))
+    save_network_pkl(data, dest)
+    click.echo(f"Wrote {dest}")
+
+
+if __name__ == "__main__":
+    convert_network_pickle()  # pylint: disable=no-value-parameter
