@@ -29,6 +29,7 @@ import importlib.util
 import logging
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -93,17 +94,12 @@ def find_cuda_home():
     `nvcc` literally, which is wrong when `nvcc` is a wrapper script (e.g. /usr/local/bin/nvcc).
     """
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
-    nvcc = _which("nvcc")
+    nvcc = shutil.which("nvcc")
     if nvcc:
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     candidates.append("/usr/local/cuda")
     candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
     return next((path for path in candidates if _is_cuda_toolkit(path)), None)
-
-
-def _which(program):
-    import shutil  # local: only needed on the CUDA path
-    return shutil.which(program)
 
 
 def nvidia_include_dirs():
@@ -201,7 +197,9 @@ def _build_key(module_name, contents, build_kwargs, with_cuda):
 
 def _prepare(module_name, sources, headers, source_dir, build_kwargs):
     """Validate arguments; return (file contents, source names, final build kwargs, build dir)."""
-    if not module_name or not module_name.isidentifier():
+    if verbosity not in ("none", "brief", "full"):
+        raise ValueError(f"custom_ops.verbosity={verbosity!r}; set it to 'none', 'brief' or 'full'")
+    if not isinstance(module_name, str) or not module_name.isidentifier():
         raise ValueError(f"custom op module_name {module_name!r} must be a Python identifier, e.g. 'bias_act_plugin'")
     if isinstance(sources, str):
         sources = [sources]
@@ -262,7 +260,8 @@ def _write_error_log(path, module_name, build_dir, err):
              f"TORCH_CUDA_ARCH_LIST: {os.environ.get('TORCH_CUDA_ARCH_LIST', '')}", ""]
     if verbosity == "full":
         lines.append("(verbosity='full': the compiler output went to stdout, not into this file)")
-    text = "\n".join(lines) + "\n" + "".join(traceback.format_exception(err))
+    # The message first: for a failed build it carries the whole compiler output.
+    text = "\n".join(lines) + f"\n{type(err).__name__}: {err}\n\n" + "".join(traceback.format_exception(err))
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -358,5 +357,5 @@ def try_get_plugin(module_name, sources, headers=None, source_dir=None, **build_
                                         module_name, None, err)
         _failed[module_name] = log_path  # also makes this the only warning for the module
         warnings.warn(f"Custom op {module_name!r} could not be built ({type(err).__name__}); using the slower "
-                      f"pure-PyTorch path. Compiler output: {log_path}", RuntimeWarning, stacklevel=2)
+                      f"pure-PyTorch path. Full error log: {log_path}", RuntimeWarning, stacklevel=2)
         return None

@@ -27,7 +27,8 @@ def _env_int(name, default):
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer; unset it or let torchrun set it") from None
+        raise ValueError(f"environment variable {name}={value!r} is not an integer; "
+                         "unset it or let torchrun set it") from None
 
 
 def _check_torchrun_env():

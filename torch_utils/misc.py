@@ -72,20 +72,31 @@ class suppress_tracer_warnings(warnings.catch_warnings):  # noqa: N801 -- public
 def assert_shape(tensor, ref_shape):
     """Raise AssertionError unless `tensor.shape` matches `ref_shape`; None entries match any size.
 
-    Sizes given as tensors (as under torch.jit.trace) are checked with `symbolic_assert`.
+    Sizes that are tensors (as under torch.jit.trace) are checked with `symbolic_assert`, so the
+    check is recorded in the traced graph.
     """
     if tensor.ndim != len(ref_shape):
-        raise AssertionError(f"assert_shape: tensor has {tensor.ndim} dimensions {list(tensor.shape)}, "
-                             f"expected {len(ref_shape)} {list(ref_shape)}")
+        raise AssertionError(_shape_message(tensor, ref_shape, None))
     for idx, (size, ref_size) in enumerate(zip(tensor.shape, ref_shape)):
         if ref_size is None:
             continue
-        message = f"assert_shape: dimension {idx} has size {size}, expected {ref_size} (shape {list(tensor.shape)})"
         if isinstance(size, torch.Tensor) or isinstance(ref_size, torch.Tensor):
+            # Comparing and formatting traced sizes converts tensors to Python values: intended here.
             with suppress_tracer_warnings():
-                symbolic_assert(torch.equal(torch.as_tensor(size), torch.as_tensor(ref_size)), message)
+                same = torch.equal(torch.as_tensor(size), torch.as_tensor(ref_size))
+                symbolic_assert(same, _shape_message(tensor, ref_shape, idx))
         elif size != ref_size:
-            raise AssertionError(message)
+            raise AssertionError(_shape_message(tensor, ref_shape, idx))
+
+
+def _shape_message(tensor, ref_shape, idx):
+    """Failure message of assert_shape for dimension `idx` (None: wrong number of dimensions)."""
+    with suppress_tracer_warnings():
+        shape = [int(size) for size in tensor.shape]
+        ref = [None if size is None else int(size) for size in ref_shape]
+    if idx is None:
+        return f"assert_shape: tensor has {len(shape)} dimensions {shape}, expected {len(ref)} {ref}"
+    return f"assert_shape: dimension {idx} has size {shape[idx]}, expected {ref[idx]} (shape {shape}, expected {ref})"
 
 
 def profiled_function(fn):
@@ -107,8 +118,10 @@ class InfiniteSampler(torch.utils.data.Sampler):
     """Yields dataset indices forever; rank `rank` gets global draws k with k % num_replicas == rank.
 
     With `shuffle`, the order starts as a seeded permutation; after each draw, the drawn slot is
-    swapped with one of the `window_size * len(dataset)` slots before it, so every aligned block of
-    `len(dataset)` global draws is a permutation and consecutive passes blend into each other.
+    swapped with a random one of the `window_size * len(dataset)` slots up to and including it
+    (never wrapping past the start of the pass). So every aligned block of `len(dataset)` global
+    draws is a permutation of the dataset, while each pass's order is a reshuffle of the previous
+    one (window_size=1 makes it a fresh uniform shuffle; 0 repeats the first order forever).
     Every rank must use the same seed so that the ranks' slices stay disjoint.
     """
 
@@ -141,8 +154,9 @@ class InfiniteSampler(torch.utils.data.Sampler):
             if draw % self.num_replicas == self.rank:
                 yield int(order[slot])
             if window >= 2:
-                # Only slots already drawn in this pass move, so the pass stays a permutation.
-                other = (slot - rnd.randint(window)) % order.size
+                # Swap only with slots already drawn in this pass (no wrap-around to the end of the
+                # order), so every pass stays an exact permutation.
+                other = slot - rnd.randint(min(window, slot + 1))
                 order[slot], order[other] = order[other], order[slot]
             draw += 1
 

@@ -7,13 +7,16 @@ host-device synchronisation.
 
 A `Collector` turns the reports made since its previous `update()` into num / mean / std. When
 `torch.distributed` is initialised with more than one process, `update()` is a collective: every rank
-must call it at the same point, and the moments are summed over all ranks in float64.
+must call it at the same point, and the moments are summed over all ranks in float64. Collectors
+are independent: each sees every report made after it was created that matches its regex, whenever
+the other collectors update.
 
 Non-finite values are not filtered: every element counts, so an interval that saw a NaN reports a NaN
 mean and std, and one that saw +-Inf (and no NaN) reports an infinite mean and a NaN std. This keeps a
 diverging loss visible in the logs. Each interval starts afresh, so a NaN does not poison later ticks.
 """
 
+import json
 import re
 import weakref
 
@@ -62,6 +65,7 @@ class _Pending:
         self.host_sumsq += other.host_sumsq
         for sums in other.device_sums.values():
             self.add_device(0, sums)
+
 
 def init_multiprocessing(rank, sync_device):
     """Set this process's rank and the device used to all_reduce stats across processes.
@@ -240,12 +244,27 @@ class Collector:
 
 
 def _union_names(local_names, sync_device):
-    """The union of every rank's names (local names alone when not distributed)."""
+    """The union of every rank's names (local names alone when not distributed).
+
+    The names travel as JSON bytes in uint8 tensors on `sync_device`, so the exchange runs on the
+    same device (and backend) as the all_reduce that follows.
+    """
     if sync_device is None:
         return local_names
-    gathered = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, sorted(local_names))
-    return set().union(*map(set, gathered))
+    world_size = torch.distributed.get_world_size()
+    payload = np.frombuffer(bytearray(json.dumps(sorted(local_names)).encode()), dtype=np.uint8)
+    size = torch.tensor([len(payload)], dtype=torch.int64, device=sync_device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    torch.distributed.all_gather(sizes, size)
+    sizes = [int(s.item()) for s in sizes]
+    padded = torch.zeros(max(sizes), dtype=torch.uint8, device=sync_device)
+    padded[:len(payload)] = torch.from_numpy(payload).to(sync_device)
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, padded)
+    union = set()
+    for data, n in zip(gathered, sizes):
+        union.update(json.loads(bytes(data[:n].cpu().numpy()).decode()))
+    return union
 
 
 def _local_moments(names, pending):

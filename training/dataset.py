@@ -200,7 +200,7 @@ class ImageFolderDataset(Dataset):
                 f"{self._path}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
                 "point --data at a dataset made by dataset_tool.py"
             )
-        name = os.path.splitext(os.path.basename(self._path))[0]
+        name = os.path.splitext(os.path.basename(os.path.abspath(self._path)))[0]
         raw_shape = [len(self._image_names)] + list(self._load_raw_image(0).shape)
         if resolution is not None and (raw_shape[2] != resolution or raw_shape[3] != resolution):
             raise DatasetError(

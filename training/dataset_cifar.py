@@ -62,11 +62,14 @@ class CifarData:
 
 def is_cifar_folder(path: str) -> bool:
     """True when `path` is an extracted CIFAR-10 or CIFAR-100 python folder."""
-    for layout in CIFAR_LAYOUTS:
-        names = (layout.meta,) + layout.splits["train"] + layout.splits["test"]
-        if all(os.path.isfile(os.path.join(path, name)) for name in names):
-            return True
-    return False
+    def has(name):
+        return os.path.isfile(os.path.join(path, name))
+
+    # A bare "meta" file is too common a name to decide on alone; CIFAR-100 also has train or test next to it.
+    return any(
+        has(layout.meta) and any(has(batch) for batches in layout.splits.values() for batch in batches)
+        for layout in CIFAR_LAYOUTS
+    )
 
 
 def read_cifar(path: str, split: str) -> CifarData:
@@ -137,7 +140,9 @@ def _decode_batch(data, layout, num_classes, where):
     pixels = np.asarray(batch.get("data", np.zeros([0])))
     labels = np.asarray(batch.get(layout.labels_key, []), dtype=np.int64)
     if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32:
-        raise DatasetError(f"{where}: 'data' is {pixels.dtype} {list(pixels.shape)}, expected uint8 [N, 3072]; re-download")
+        raise DatasetError(
+            f"{where}: 'data' is {pixels.dtype} {list(pixels.shape)}, expected uint8 [N, 3072]; re-download"
+        )
     if labels.shape != (pixels.shape[0],) or labels.min(initial=0) < 0 or labels.max(initial=0) >= num_classes:
         raise DatasetError(f"{where}: {layout.labels_key!r} do not match 'data' or the class names; re-download")
     # Each row is three 32x32 planes (R, G, B), so [N, C, H, W] then channels last.
@@ -159,12 +164,14 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickler that rebuilds numpy arrays and builtins only; any other global is refused."""
 
     def find_class(self, module, name):
-        # The original archives were pickled under numpy 1 (numpy.core); numpy 2 calls it numpy._core.
-        if module.startswith("numpy.core"):
-            module = "numpy._core" + module[len("numpy.core"):]
-        if (module, name) not in _ALLOWED_GLOBALS:
+        # The original archives name numpy 1's numpy.core; numpy 2 calls it numpy._core.
+        canonical = "numpy._core" + module[len("numpy.core"):] if module.startswith("numpy.core") else module
+        if (canonical, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
+        try:
+            return super().find_class(canonical, name)
+        except ImportError:  # numpy 1 has no numpy._core.
+            return super().find_class(module, name)
 
 
 def _unpickle(data, where):

@@ -14,8 +14,7 @@ import PIL.Image
 # Extensions read as images (lower case). Everything else (dataset.json, notes, ...) is ignored.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
 
-# Keep PIL from refusing large scans; the tool resizes them anyway, and the files are the user's own.
-PIL.Image.MAX_IMAGE_PIXELS = None
+_REPLACE = "replace or delete the file"
 
 
 class DatasetError(ValueError):
@@ -65,7 +64,9 @@ def read_zip_member(zip_file: zipfile.ZipFile, name: str, where: str) -> bytes:
     try:
         return zip_file.read(name)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise DatasetError(f"{where}: cannot read the zip member ({exc}); the archive is damaged, re-create it") from None
+        raise DatasetError(
+            f"{where}: cannot read the zip member ({exc}); the archive is damaged, re-create it"
+        ) from None
 
 
 def read_file_bytes(path: str) -> bytes:
@@ -81,20 +82,22 @@ def open_image_header(data: bytes, where: str) -> PIL.Image.Image:
     """Open encoded image bytes without decoding the pixels (mode and size are known, pixels are not)."""
     try:
         return PIL.Image.open(io.BytesIO(data))
+    except PIL.UnidentifiedImageError:
+        raise DatasetError(f"{where}: not a readable image (unknown or damaged format); {_REPLACE}") from None
     except Exception as exc:  # PIL raises many types for bad input; all mean "not an image".
-        raise DatasetError(f"{where}: not a readable image ({_reason(exc)}); replace or delete the file") from None
+        raise DatasetError(f"{where}: not a readable image ({_reason(exc)}); {_REPLACE}") from None
 
 
 def open_image_file(path: str, where: str) -> PIL.Image.Image:
     """Open an image file lazily (header only; PIL reads the pixels on load())."""
     try:
         return PIL.Image.open(path)
-    except PIL.UnidentifiedImageError as exc:
-        raise DatasetError(f"{where}: not a readable image ({_reason(exc)}); replace or delete the file") from None
+    except PIL.UnidentifiedImageError:
+        raise DatasetError(f"{where}: not a readable image (unknown or damaged format); {_REPLACE}") from None
     except OSError as exc:
         raise DatasetError(f"{where}: cannot read the file ({exc.strerror or exc})") from None
     except Exception as exc:  # PIL raises many types for bad input; all mean "not an image".
-        raise DatasetError(f"{where}: not a readable image ({_reason(exc)}); replace or delete the file") from None
+        raise DatasetError(f"{where}: not a readable image ({_reason(exc)}); {_REPLACE}") from None
 
 
 def load_pixels(image: PIL.Image.Image, where: str) -> PIL.Image.Image:
