@@ -4,13 +4,11 @@ import contextlib
 import io
 import json
 import os
-import socket
-import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from tests.multiprocess import free_port, run_workers
 from torch_utils import distributed, training_stats
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -56,23 +54,6 @@ def test_incomplete_env_raises_naming_the_variable(no_torchrun_env):
 
 # --------------------------------------------------------------------------- two processes
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _run_workers(fn, nprocs, args, timeout=90):
-    """Spawn `nprocs` processes running fn(rank, *args); fail instead of hanging on a deadlock."""
-    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"worker processes did not finish within {timeout} s (deadlock?)")
-
-
 def _torchrun_worker(rank, port, out_dir):
     # Hide GPUs (before CUDA is first queried) so both ranks use gloo even on a 1-GPU machine.
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
@@ -99,7 +80,7 @@ def _torchrun_worker(rank, port, out_dir):
 
 
 def test_two_process_env_launch(tmp_path):
-    _run_workers(_torchrun_worker, 2, (_free_port(), str(tmp_path)))
+    run_workers(_torchrun_worker, 2, (free_port(), str(tmp_path)))
     for rank in range(2):
         with open(tmp_path / f"rank{rank}.json") as f:
             result = json.load(f)

@@ -3,13 +3,12 @@
 import json
 import math
 import os
-import time
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from tests.multiprocess import run_workers
 from torch_utils import training_stats
 
 
@@ -156,17 +155,6 @@ def test_name_must_be_str():
 
 # --------------------------------------------------------------------------- two processes
 
-def _run_workers(fn, nprocs, args, timeout=90):
-    """Spawn `nprocs` processes running fn(rank, *args); fail instead of hanging on a deadlock."""
-    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"worker processes did not finish within {timeout} s (deadlock?)")
-
-
 RANK_VALUES = {0: [1.0, 2.0, 3.0], 1: [[4.0, 5.0], [6.0, 7.0]]}
 
 
@@ -189,7 +177,7 @@ def _stats_worker(rank, store_path, out_dir):
 
 
 def test_two_processes_see_the_global_moments(tmp_path):
-    _run_workers(_stats_worker, 2, (str(tmp_path / "store"), str(tmp_path)))
+    run_workers(_stats_worker, 2, (str(tmp_path / "store"), str(tmp_path)))
     expect_common = _moments(np.concatenate([np.ravel(v) for v in RANK_VALUES.values()]))
     for rank in range(2):
         with open(tmp_path / f"rank{rank}.json") as f:
