@@ -12,7 +12,6 @@ import numpy as np
 import PIL.Image
 import torch
 
-import dnnlib
 import legacy
 from dnnlib.cli import parse_int_list
 
