@@ -12,6 +12,19 @@ if REPO_ROOT not in sys.path:
 # Any accidental hub access must fail at once instead of retrying for a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Compiled ops are cached across test sessions (keyed by a hash of their sources), so only the
+# first run on a machine (e.g. a fresh CI checkout) pays the builds. Tests of the build machinery
+# itself use their own empty cache directories.
+TORCH_EXTENSIONS_DIR = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(REPO_ROOT, ".cache", "torch_extensions")
+os.environ["TORCH_EXTENSIONS_DIR"] = TORCH_EXTENSIONS_DIR
+
+
+@pytest.fixture(scope="session")
+def torch_extensions_dir():
+    """The extension build cache shared by every test session on this checkout."""
+    os.makedirs(TORCH_EXTENSIONS_DIR, exist_ok=True)
+    return TORCH_EXTENSIONS_DIR
+
 
 @pytest.fixture(autouse=True)
 def _isolated_dnnlib_cache(tmp_path_factory, monkeypatch):
