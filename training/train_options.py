@@ -16,6 +16,7 @@ import click
 import torch
 
 import dnnlib
+from training import snapshot
 
 
 # Presets (docs/REFERENCE.md 2.2, plus `tiny` and `lowshot`).
@@ -241,7 +242,6 @@ def describe_dataset(path: str) -> dnnlib.EasyDict:
     return info
 
 
-_SNAPSHOT_FILE = re.compile(r"^(?:training-state-(\d+)\.pt|network-snapshot-(\d+)\.pkl)$")
 
 
 def _run_is_for_dataset(run_path: str, dir_name: str, dataset_name: str) -> bool:
@@ -256,23 +256,15 @@ def _run_is_for_dataset(run_path: str, dir_name: str, dataset_name: str) -> bool
 
 
 def find_latest_resume(outdir: str, dataset_name: str) -> str | None:
-    """Newest complete training-state-*.pt or network-snapshot-*.pkl of `dataset_name` in outdir's runs:
-    highest run number, then kimg; a training state beats a pickle of the same kimg (exact resume).
-    Temporary names never match the pattern; empty files are skipped."""
-    best_key, best_path = None, None
-    for run_id, dir_name in _numbered_dirs(outdir):
+    """Newest complete snapshot of `dataset_name` in outdir's runs: the highest-numbered run of that
+    dataset holding one, then `snapshot.find_latest` within it (a training state beats a pickle)."""
+    for _, dir_name in sorted(_numbered_dirs(outdir), reverse=True):
         run_path = os.path.join(outdir, dir_name)
-        if not _run_is_for_dataset(run_path, dir_name, dataset_name):
-            continue
-        for file_name in os.listdir(run_path):
-            match = _SNAPSHOT_FILE.match(file_name)
-            path = os.path.join(run_path, file_name)
-            if match is None or not os.path.isfile(path) or os.path.getsize(path) == 0:
-                continue
-            key = (run_id, int(match.group(1) or match.group(2)), match.group(1) is not None)
-            if best_key is None or key > best_key:
-                best_key, best_path = key, path
-    return best_path
+        if _run_is_for_dataset(run_path, dir_name, dataset_name):
+            path = snapshot.find_latest(run_path)
+            if path is not None:
+                return path
+    return None
 
 
 def resolve_resume(resume: str, outdir: str, dataset_name: str):

@@ -2,11 +2,13 @@
 
 import json
 import os
+import pickle
 import sys
 
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from click.testing import CliRunner
 
 import train
@@ -147,8 +149,11 @@ def test_resume_latest(paths, fake_loop):
     os.makedirs(run)
     for name in ("network-snapshot-000008.pkl", "training-state-000008.pt", "training-state-000012.pt.tmp",
                  ".tmp-training-state-000016.pt"):
-        with open(os.path.join(run, name), "wb") as f:
-            f.write(b"snapshot")
+        if name.endswith(".pt"):
+            torch.save({}, os.path.join(run, name))  # complete files, as the real writers leave them
+        else:
+            with open(os.path.join(run, name), "wb") as f:
+                pickle.dump({}, f)
     result = invoke(paths, "--resume", "latest", "-n")
     assert result.exit_code == 0, result.output
     tree = options_json(result.output)

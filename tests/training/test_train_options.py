@@ -1,6 +1,7 @@
 """training/train_options.py: presets, derived settings, validation, run dirs, resume=latest, plugins."""
 
 import json
+import pickle
 import os
 import sys
 
@@ -8,6 +9,7 @@ import click
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 import dnnlib
 from training import train_options as to
@@ -244,9 +246,13 @@ def test_options_json_round_trip(tmp_path, cats):
 
 # ---- --resume.
 
-def _touch(path, data=b"x"):
+def _touch(path, data=None):
+    """Write a small complete file of the kind the name says (a torch zip or a pickle), or `data`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    if data is None and path.name.endswith(".pt"):
+        torch.save({}, str(path))
+        return
+    path.write_bytes(pickle.dumps({}) if data is None else data)
 
 
 def test_find_latest_resume(tmp_path):
@@ -258,6 +264,7 @@ def test_find_latest_resume(tmp_path):
     _touch(outdir / "00001-cats-auto1" / ".tmp-training-state-000200.pt")       # temporary: ignored
     _touch(outdir / "00001-cats-auto1" / "network-snapshot-000200.pkl.tmp")     # temporary: ignored
     _touch(outdir / "00001-cats-auto1" / "network-snapshot-000300.pkl", b"")    # empty: ignored
+    _touch(outdir / "00001-cats-auto1" / "training-state-000250.pt", b"PK\x03\x04cut")  # truncated: ignored
     _touch(outdir / "00002-catsdogs-auto1" / "network-snapshot-000900.pkl")      # another dataset
     _touch(outdir / "00003-cats-auto1" / "log.txt")                               # a run without snapshots
     assert to.find_latest_resume(str(outdir), "cats") == str(outdir / "00001-cats-auto1" / "training-state-000100.pt")
