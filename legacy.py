@@ -4,9 +4,7 @@ Security note: a network pickle is code. Loading one runs the Python source embe
 (see torch_utils/persistence.py), so only load pickles from sources you trust.
 """
 
-import os
 import pickle
-import tempfile
 
 import click
 
@@ -113,18 +111,7 @@ def _rebuild_with_fp16(net, is_generator: bool):
 
 def save_network_pkl(data: dict, path: str) -> None:
     """Write a network dict as a pickle, atomically (temp file, fsync, rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            pickle.dump(data, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    dnnlib.util.atomic_write(path, lambda f: pickle.dump(data, f))
 
 
 def load_network_pkl_from(url_or_path: str, force_fp16: bool = False) -> dict:

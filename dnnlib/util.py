@@ -419,6 +419,57 @@ def open_url(url, cache_dir: str = None, num_attempts: int = 5, verbose: bool = 
     return cache_path if return_filename else open(cache_path, "rb")
 
 
+# ---- Files.
+
+def _current_umask() -> int:
+    # /proc avoids briefly changing the process umask, which other threads could observe.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write_fn):
+    """Call write_fn(binary file) on a hidden temp file (`.tmp-<name>.*`) next to `path`, fsync it, rename it.
+
+    On any exception the temp file is removed and the exception re-raised; `path` is untouched.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory):
+    """Persist the rename itself (POSIX); silently skipped where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 # ---- Logging.
 
 class _TeeStream:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart command (a): set up ./.venv if needed, draw the built-in sample dataset
-# (sample:shapes, 32x32, labelled) into datasets/, and print its summary.
-# Training on it arrives with the training loop (see README, "Status").
+# (sample:shapes, 32x32, 6 labelled classes) into datasets/, then train the `tiny` config on the
+# CPU for a few kimg. The run directory appears under runs/ (snapshots, image grids, logs).
+# Extra arguments go to train.py (e.g. `bash scripts/demo.sh --kimg=20`).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="$(bash "$repo/scripts/setup_env.sh")"
@@ -12,12 +13,5 @@ if [ ! -f "$data" ]; then
     mkdir -p datasets
     "$py" dataset_tool.py --source=sample:shapes --dest="$data"
 fi
-"$py" - "$data" <<'PY'
-import sys
-from training.dataset import ImageFolderDataset
-ds = ImageFolderDataset(sys.argv[1], use_labels=True)
-img, label = ds[0]
-print(f"Dataset {ds.name}: {len(ds)} images, shape {list(ds.image_shape)}, "
-      f"labels {ds.label_shape}, classes {ds.class_names}")
-print(f"First item: image {img.dtype} {list(img.shape)}, label {label.tolist()}")
-PY
+"$py" train.py --outdir=runs --data="$data" --cfg=tiny --kimg=4 --snap=2 "$@"
+echo "Done: the run directory is $(ls -d "$repo"/runs/*/ | sort | tail -n 1)"

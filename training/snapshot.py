@@ -17,7 +17,6 @@ import copy
 import os
 import pickle
 import re
-import tempfile
 
 import torch
 
@@ -44,38 +43,8 @@ def training_state_name(cur_nimg):
 # Atomic writes.
 
 
-def atomic_write(path, write_fn):
-    """Call write_fn(binary file) on a temp file next to `path`, fsync it, then rename it to `path`.
+atomic_write = dnnlib.util.atomic_write
 
-    On any exception the temp file is removed and the exception re-raised; `path` is untouched.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory):
-    """Persist the rename itself (POSIX); silently skipped where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------

@@ -250,3 +250,23 @@ def test_logger_without_file_only_passes_through(capsys):
         assert sys.stdout.encoding == orig_out.encoding  # other attributes come from the real stream
     assert sys.stdout is orig_out
     assert capsys.readouterr().out == "through\n"
+
+
+def test_atomic_write_mode_and_failure(tmp_path):
+    old_mask = os.umask(0o022)
+    try:
+        target = tmp_path / "out.bin"
+        dnnlib.util.atomic_write(str(target), lambda f: f.write(b"abc"))
+        assert target.read_bytes() == b"abc"
+        assert target.stat().st_mode & 0o777 == 0o644  # the usual mode for the umask, not mkstemp's 0600
+
+        def fail(f):
+            f.write(b"partial")
+            raise RuntimeError("disk full")
+
+        with pytest.raises(RuntimeError):
+            dnnlib.util.atomic_write(str(target), fail)
+        assert target.read_bytes() == b"abc"  # the previous version survives
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # no temp file left
+    finally:
+        os.umask(old_mask)
