@@ -33,3 +33,18 @@ def _isolated_dnnlib_cache(tmp_path_factory, monkeypatch):
     cache.mkdir(exist_ok=True)
     monkeypatch.setenv("DNNLIB_CACHE_DIR", str(cache))
     yield
+
+
+@pytest.fixture
+def pure_pytorch_ops(monkeypatch):
+    """Pure-PyTorch op paths (no kernel builds) and one torch thread: fast, deterministic training tests."""
+    import torch
+    from torch_utils.ops import bias_act, upfirdn2d
+
+    monkeypatch.setenv("SG2KD_DISABLE_CUSTOM_OPS", "1")
+    monkeypatch.setattr(bias_act, "_plugins", {})
+    monkeypatch.setattr(upfirdn2d, "_plugins", {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a busy 2-core box can stall for seconds per op
+    yield
+    torch.set_num_threads(threads)

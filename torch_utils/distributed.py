@@ -103,6 +103,11 @@ def device():
 
 
 def shutdown():
-    """Leave and destroy the default process group, if there is one."""
+    """Wait for every rank, then destroy the default process group, if there is one.
+
+    Without the barrier a rank that finishes early tears its connections down while a slower rank
+    still talks to it, and gloo's background threads abort the process.
+    """
     if _is_initialized():
+        barrier()
         torch.distributed.destroy_process_group()

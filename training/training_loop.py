@@ -31,7 +31,7 @@ import torch
 
 import dnnlib
 import legacy
-from torch_utils import misc, training_stats
+from torch_utils import distributed, misc, training_stats
 from training import snapshot, training_logs
 from training import training_setup as setup
 from training.training_step import TrainingSteps
@@ -111,6 +111,7 @@ class _TrainingRun:
         finally:
             if self.stats_writer is not None:
                 self.stats_writer.close()
+        distributed.barrier()  # rank 0 may still be writing the last snapshot; leave together
         self.print()
         self.print("Exiting...")
 

@@ -6,23 +6,13 @@ import torch
 
 import dnnlib
 from torch_utils import training_stats
-from torch_utils.ops import bias_act, upfirdn2d
 from training import networks
 from training.loss import StyleGAN2Loss
 
 Z_DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def _fast_cpu(monkeypatch):
-    """Pure-PyTorch ops (no per-session kernel builds) and one thread (the CI box has 2 busy cores)."""
-    monkeypatch.setenv("SG2KD_DISABLE_CUSTOM_OPS", "1")
-    monkeypatch.setattr(bias_act, "_plugins", {})
-    monkeypatch.setattr(upfirdn2d, "_plugins", {})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("pure_pytorch_ops")
 
 
 class RecordingPlugin(torch.nn.Module):

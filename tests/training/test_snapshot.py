@@ -7,20 +7,10 @@ import pytest
 import torch
 
 import legacy
-from torch_utils.ops import bias_act, upfirdn2d
 from training import networks, snapshot
 
 
-@pytest.fixture(autouse=True)
-def _fast_cpu(monkeypatch):
-    """Pure-PyTorch ops (no per-session kernel builds) and one thread (the CI box has 2 busy cores)."""
-    monkeypatch.setenv("SG2KD_DISABLE_CUSTOM_OPS", "1")
-    monkeypatch.setattr(bias_act, "_plugins", {})
-    monkeypatch.setattr(upfirdn2d, "_plugins", {})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("pure_pytorch_ops")
 
 
 def tiny_G(channel_max=8):

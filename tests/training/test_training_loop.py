@@ -13,7 +13,7 @@ import torch
 import dnnlib
 import legacy
 from tests.multiprocess import free_port, run_workers
-from torch_utils.ops import bias_act, upfirdn2d
+from torch_utils import distributed
 from training import snapshot, training_logs
 from training import training_setup as setup
 from training.training_loop import training_loop
@@ -21,16 +21,7 @@ from training.training_loop import training_loop
 RECORDER = "tests.training.test_loss.RecordingPlugin"
 
 
-@pytest.fixture(autouse=True)
-def _fast_cpu(monkeypatch):
-    """Pure-PyTorch ops (no per-session kernel builds) and one thread (the CI box has 2 busy cores)."""
-    monkeypatch.setenv("SG2KD_DISABLE_CUSTOM_OPS", "1")
-    monkeypatch.setattr(bias_act, "_plugins", {})
-    monkeypatch.setattr(upfirdn2d, "_plugins", {})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("pure_pytorch_ops")
 
 
 def make_dataset(path, num=12, res=8, num_classes=None, channels=3):
@@ -300,7 +291,7 @@ def _gloo_worker(rank, port, kwargs):
     try:
         training_loop(**dict(kwargs, rank=rank, local_rank=rank))
     finally:
-        torch.distributed.destroy_process_group()
+        distributed.shutdown()
 
 
 def test_two_process_gloo_run_keeps_parameters_in_sync(tmp_path):
