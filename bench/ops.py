@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from torch_utils.ops import bias_act, upfirdn2d  # noqa: E402
+from training.training_setup import configure_cpu_malloc  # noqa: E402
 
 # channel_base of the presets the paper's experiments use at each resolution (REFERENCE.md 2.2).
 CHANNEL_BASE = {32: 32768, 256: 16384}
@@ -80,6 +81,10 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
+    # The same allocator settings the training loop uses on the CPU (SG2KD_NO_MALLOPT=1 turns them off):
+    # without them fresh large outputs cost page faults that swamp both paths' compute.
+    malloc_note = configure_cpu_malloc() if device.type == "cpu" else None
+    print(f"# malloc: {malloc_note or 'glibc defaults'}")
     print(f"# torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, batch {args.batch}, median of {args.reps}")
     print("| net | op | shape | ref ms | kernel ms | speed-up |")

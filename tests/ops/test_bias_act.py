@@ -215,6 +215,23 @@ def test_multithreaded_chunks_split_runs(layout):
         assert_paths_match(x, b, act=act, clamp=2.0)
 
 
+def test_bias_gradient_does_not_depend_on_thread_count():
+    """db is summed inside the backward kernel pass (per channel run, then across runs in a fixed
+    order), so it is bit-identical whatever the number of threads."""
+    x, b = make_inputs([5, 37, 19, 23], act="lrelu", gain=math.sqrt(2), clamp=2.0)
+    x, b = x.float().requires_grad_(True), b.float().requires_grad_(True)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            y = bias_act.bias_act(x, b, act="lrelu", clamp=2.0)
+            grads.append(torch.autograd.grad(y.square().sum(), [x, b]))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
 def test_clamp_ties_block_the_gradient_like_torch_clamp():
     """At |act(x + b) * gain| == clamp exactly both paths pass no gradient (torch.clamp's rule)."""
     x = torch.tensor([[-2.0, -1.0, 0.25, 0.5, 1.0, 2.0]], dtype=torch.float64).t()  # [6, 1]

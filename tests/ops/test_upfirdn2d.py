@@ -172,6 +172,34 @@ def test_cpu_kernel_matches_reference(case, dtype):
         torch.testing.assert_close(got, ref, **tol)
 
 
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_cpu_kernel_matches_reference_large_planes(case):
+    """The same cases on planes of over 1089 pixels, which take the kernel's row-by-row path
+    (smaller planes are processed several at a time in a transposed layout)."""
+    up, down, padding, kind, flip, gain, (h, w) = case
+    case = (up, down, padding, kind, flip, gain, (h + 37, w + 41))
+    x, f, kwargs, _ = run_case(case, "ref")
+    for ref, got in zip(values_and_grads(x, f, kwargs, "ref"), values_and_grads(x, f, kwargs, "cuda")):
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_cpu_kernel_matches_reference_many_planes(case, dtype):
+    """Enough planes (and pixels) for the small-plane path's full 16-plane blocks and its 16 x 16
+    transposes, plus a partial last block (37 planes)."""
+    up, down, padding, kind, flip, gain, (h, w) = case
+    x = torch.randn([1, 37, h + 3, w + 2], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = x.to(dtype)
+    f = make_filter(kind)
+    kwargs = dict(up=up, down=down, padding=padding, flip_filter=flip, gain=gain)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    for ref, got in zip(values_and_grads(x, f, kwargs, "ref"), values_and_grads(x, f, kwargs, "cuda")):
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, **tol)
+
+
 @pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[7]], ids=["blur4", "rand1d5", "rand3x5"])
 def test_channels_last_and_strided_inputs(case):
     x, f, kwargs, want = run_case(case, "ref")

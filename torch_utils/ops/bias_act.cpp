@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <optional>
+#include <tuple>
+#include <vector>
 
 #ifdef BIAS_ACT_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -75,10 +77,48 @@ void cpu_kernel(const Params& p) {
     });
 }
 
+// run_one_channel that also returns the sum of what it wrote.
+template <typename T, int A, int M>
+double run_one_channel_sum(const T* __restrict__ in, const T* __restrict__ ref, T* __restrict__ out, int64_t n,
+                           T bias, const Consts<T> k) {
+    T acc = 0;  // vector-wide partial sums in T; runs are short (one channel of one image)
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < n; ++j) {
+        const T v = eval<A, M>(in[j], bias, ref[j], k.alpha, k.gain, k.clamp, k.no_clamp);
+        out[j] = v;
+        acc += v;
+    }
+    return static_cast<double>(acc);
+}
+
+// The kernel plus per-run sums (layouts with inner > 1 only): run_sums[r] = sum of the outputs of
+// run r (elements [r * inner, (r + 1) * inner)). Work is split by whole runs so that each sum is
+// formed by one thread in a fixed order: the result does not depend on the thread count.
+template <typename T, int A, int M>
+void cpu_kernel_run_sums(const Params& p, double* run_sums) {
+    const T* in = static_cast<const T*>(p.in);
+    const T* ref = p.ref ? static_cast<const T*>(p.ref) : in;
+    const T* b = static_cast<const T*>(p.b);
+    T* out = static_cast<T*>(p.out);
+    const bool no_clamp = p.clamp < 0;
+    const Consts<T> k{T(p.alpha), T(p.gain), no_clamp ? T(INFINITY) : T(p.clamp), no_clamp};
+    const int64_t runs = p.numel / p.inner;
+    const int64_t grain = std::max<int64_t>(1, kGrainSize / p.inner);
+    at::parallel_for(0, runs, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+            const int64_t i = r * p.inner;
+            run_sums[r] = run_one_channel_sum<T, A, M>(in + i, ref + i, out + i, p.inner, b ? b[r % p.C] : T(0), k);
+        }
+    });
+}
+
 template <typename T>
-void cpu_launch(const Params& p) {
+void cpu_launch(const Params& p, double* run_sums = nullptr) {
     dispatch_act_mode(p.act, p.mode, [&](auto act, auto mode) {
-        cpu_kernel<T, decltype(act)::value, decltype(mode)::value>(p);
+        if (run_sums != nullptr)
+            cpu_kernel_run_sums<T, decltype(act)::value, decltype(mode)::value>(p, run_sums);
+        else
+            cpu_kernel<T, decltype(act)::value, decltype(mode)::value>(p);
     });
 }
 
@@ -135,8 +175,16 @@ void launch(const Params& p, const at::Tensor& like) {
 // See bias_act_kernel.h for what each mode computes. `in`: x (kForward) or the incoming gradient.
 // `b`: [in.shape[dim]] or None. `ref`: the saved x (kGradX, kGrad2X) or y (kGradY), else None.
 // Returns a new tensor shaped like `in`, with the memory layout of x/ref when that is dense.
-at::Tensor bias_act_op(const at::Tensor& in, const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& ref,
-                       int64_t dim, int64_t act, int64_t mode, double alpha, double gain, double clamp) {
+namespace {
+
+// Checked operands of one call and its kernel parameters (out allocated, not yet written).
+struct Prepared {
+    at::Tensor master, x, bias, out;
+    Params p;
+};
+
+Prepared prepare(const at::Tensor& in, const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& ref,
+                 int64_t dim, int64_t act, int64_t mode, double alpha, double gain, double clamp) {
     TORCH_CHECK(act >= 0 && act < kNumActs && mode >= 0 && mode < kNumModes && valid_combo(act, mode),
                 "bias_act: unsupported kernel (act ", act, ", mode ", mode, "); call it through bias_act.py");
     const bool has_ref = mode != kForward;
@@ -155,23 +203,88 @@ at::Tensor bias_act_op(const at::Tensor& in, const std::optional<at::Tensor>& b,
         check_tensor(*b, master, "b");
         bias = b->contiguous();
     }
-    at::Tensor out = at::empty_like(master);
-    if (master.numel() == 0) {
-        return out;
-    }
+    at::Tensor out = at::empty_like(master);  // every element is written (unless numel is 0)
     const int64_t C = bias.defined() ? bias.numel() : 1;
     Params p{out.data_ptr(), x.data_ptr(), bias.defined() ? bias.data_ptr() : nullptr,
              has_ref ? master.data_ptr() : nullptr, master.numel(), C,
              C > 1 ? master.stride(dim) : master.numel(), static_cast<int>(act), static_cast<int>(mode),
              alpha, gain, clamp};
-    launch(p, master);
-    return out;
+    return Prepared{master, x, bias, out, p};
+}
+
+}  // namespace
+
+at::Tensor bias_act_op(const at::Tensor& in, const std::optional<at::Tensor>& b, const std::optional<at::Tensor>& ref,
+                       int64_t dim, int64_t act, int64_t mode, double alpha, double gain, double clamp) {
+    Prepared pr = prepare(in, b, ref, dim, act, mode, alpha, gain, clamp);
+    if (pr.master.numel() > 0) {
+        launch(pr.p, pr.master);
+    }
+    return pr.out;
+}
+
+// A gradient mode (kGradX / kGradY / kGrad2X) that also returns the bias gradient: (out, db) with
+// db [in.shape[dim]] = out summed over every dim but `dim`. On CPU tensors whose channel runs are
+// longer than one element (NCHW-like layouts) db is formed inside the kernel pass from per-run sums,
+// saving a second pass over `out`; elsewhere it is a separate reduction.
+std::tuple<at::Tensor, at::Tensor> bias_act_with_db_op(const at::Tensor& in, const std::optional<at::Tensor>& b,
+                                                       const std::optional<at::Tensor>& ref, int64_t dim, int64_t act,
+                                                       int64_t mode, double alpha, double gain, double clamp) {
+    TORCH_CHECK(mode != kForward, "bias_act: the bias gradient comes with a gradient mode, not the forward");
+    TORCH_CHECK(ref && ref->defined() && dim >= 0 && dim < ref->dim(), "bias_act: dim=", dim,
+                " is out of range for the saved tensor");
+    Prepared pr = prepare(in, b, ref, dim, act, mode, alpha, gain, clamp);
+    const at::Tensor& master = pr.master;
+    const int64_t C = master.size(dim);
+    const int64_t inner = master.stride(dim);
+    // Storage order must hold whole runs of one channel with period C: true for any dense layout
+    // when the channel's stride is `inner` and the dims outside it cycle through C channels.
+    const bool fused = master.is_cpu() && master.numel() > 0 && inner > 1 && C > 1 &&
+                       master.numel() % (inner * C) == 0 &&
+                       (master.scalar_type() == at::kFloat || master.scalar_type() == at::kDouble);
+    if (!fused) {
+        if (master.numel() > 0) {
+            launch(pr.p, master);
+        }
+        std::vector<int64_t> dims;
+        for (int64_t i = 0; i < master.dim(); ++i) {
+            if (i != dim) dims.push_back(i);
+        }
+        at::Tensor db = dims.empty() ? pr.out.clone() : pr.out.sum(dims);
+        return {pr.out, db};
+    }
+    pr.p.C = C;  // without a bias (kGradY) the kernel had no channels; the sums need them
+    pr.p.inner = inner;
+    const int64_t runs = master.numel() / inner;
+    std::vector<double> run_sums(runs);
+    if (master.scalar_type() == at::kFloat) {
+        cpu_launch<float>(pr.p, run_sums.data());
+    } else {
+        cpu_launch<double>(pr.p, run_sums.data());
+    }
+    // Channel of run r is r % C; add the runs of each channel in a fixed order.
+    std::vector<double> acc(C, 0.0);
+    for (int64_t r = 0; r < runs; ++r) acc[r % C] += run_sums[r];
+    at::Tensor db = at::empty({C}, master.options());
+    if (master.scalar_type() == at::kFloat) {
+        float* d = db.data_ptr<float>();
+        for (int64_t c = 0; c < C; ++c) d[c] = static_cast<float>(acc[c]);
+    } else {
+        double* d = db.data_ptr<double>();
+        for (int64_t c = 0; c < C; ++c) d[c] = acc[c];
+    }
+    return {pr.out, db};
 }
 
 }  // namespace bias_act
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("bias_act", &bias_act::bias_act_op, "Fused bias + activation + gain + clamp and its gradients",
+          pybind11::arg("input"), pybind11::arg("b"), pybind11::arg("ref"), pybind11::arg("dim"),
+          pybind11::arg("act"), pybind11::arg("mode"), pybind11::arg("alpha"), pybind11::arg("gain"),
+          pybind11::arg("clamp"));
+    m.def("bias_act_with_db", &bias_act::bias_act_with_db_op,
+          "A gradient mode of bias_act that also returns the bias gradient (out summed over all dims but dim)",
           pybind11::arg("input"), pybind11::arg("b"), pybind11::arg("ref"), pybind11::arg("dim"),
           pybind11::arg("act"), pybind11::arg("mode"), pybind11::arg("alpha"), pybind11::arg("gain"),
           pybind11::arg("clamp"));

@@ -12,6 +12,8 @@ Implementations (`impl`):
 
 Gradients on the kernel path, first and second order (R1 differentiates D's input gradient):
   _BiasAct (forward kernel)  --backward-->  _BiasActGrad: dx = dy * gain * act'(.) * unclamped
+                             (_BiasActGradWithDb when b needs a gradient: the same pass also
+                             forms db = dx summed over every dim but `dim`, on CPU per channel run)
   _BiasActGrad --backward--> d(dy) = _BiasActGrad(d_dx)   (the same linear map again, so
                              differentiable to any order), d(x) = _BiasActGrad2(d_dx * dy) with
                              act''(x + b) for the smooth activations (zero for piecewise-linear
@@ -167,6 +169,12 @@ class _Config:
         """One kernel pass (see bias_act_kernel.h); inp, ref [x.shape], b [x.shape[dim]] or None."""
         return self.plugin.bias_act(inp, b, ref, self.dim, self.act, mode, self.alpha, self.gain, self.clamp)
 
+    def run_with_db(self, inp, b, ref, mode):
+        """A gradient pass that also returns its sum over every dim but `dim` (the bias gradient), in
+        the same pass over memory where the plugin can: (out [x.shape], db [x.shape[dim]])."""
+        return self.plugin.bias_act_with_db(inp, b, ref, self.dim, self.act, mode, self.alpha, self.gain,
+                                            self.clamp)
+
 
 def _sum_to_bias(t, dim):
     """t [x.shape] summed over every dim but `dim` -> [x.shape[dim]]."""
@@ -189,11 +197,13 @@ class _BiasAct(torch.autograd.Function):
         x, b, y = ctx.saved_tensors
         cfg = ctx.cfg
         dx = db = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            # y enters as a constant: act' is piecewise constant in it, so its gradient is zero.
-            dx = _BiasActGrad.apply(dy, x, b, None if y is None else y.detach(), cfg)
+        # y enters as a constant: act' is piecewise constant in it, so its gradient is zero.
+        y = None if y is None else y.detach()
         if ctx.needs_input_grad[1]:
-            db = _sum_to_bias(dx, cfg.dim)
+            # db = dx summed to the bias shape, formed inside the same kernel pass as dx.
+            dx, db = _BiasActGradWithDb.apply(dy, x, b, y, cfg)
+        elif ctx.needs_input_grad[0]:
+            dx = _BiasActGrad.apply(dy, x, b, y, cfg)
         return (dx if ctx.needs_input_grad[0] else None), db, None
 
 
@@ -221,6 +231,29 @@ class _BiasActGrad(torch.autograd.Function):
             d_x = d_xb if ctx.needs_input_grad[1] else None
             d_b = _sum_to_bias(d_xb, cfg.dim) if ctx.needs_input_grad[2] else None
         return d_dy, d_x, d_b, None, None
+
+
+class _BiasActGradWithDb(torch.autograd.Function):
+    """(dx, db): _BiasActGrad's dx and db = dx summed over every dim but `dim`, in one kernel pass.
+    db is linear in dx, so its incoming gradient folds into dx's as a broadcast along `dim`."""
+
+    @staticmethod
+    def forward(ctx, dy, x, b, y, cfg):  # noqa: D102
+        ctx.cfg = cfg
+        needs_dy = cfg.has_2nd_grad and not cfg.from_y
+        ctx.save_for_backward(dy if needs_dy else None, x, b, y)
+        if cfg.from_y:
+            return cfg.run_with_db(dy, None, y, _GRAD_Y)
+        return cfg.run_with_db(dy, b, x, _GRAD_X)
+
+    @staticmethod
+    def backward(ctx, d_dx, d_db):  # noqa: D102
+        if d_db is not None:
+            _, x, _, y = ctx.saved_tensors
+            shape = (x if x is not None else y).shape
+            g = d_db.reshape([-1 if i == ctx.cfg.dim else 1 for i in range(len(shape))])
+            d_dx = g.expand(shape) if d_dx is None else d_dx + g
+        return _BiasActGrad.backward(ctx, d_dx)
 
 
 class _BiasActGrad2(torch.autograd.Function):
