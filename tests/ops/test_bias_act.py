@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from torch_utils import custom_ops
+from tests.ops.conftest import load_cpu_plugin, use_cpu_plugin
 from torch_utils.ops import bias_act
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,21 +32,13 @@ def ext_dir(torch_extensions_dir):
 @pytest.fixture(scope="module")
 def cpu_plugin(ext_dir):
     """The CPU plugin, built once for this module into its own cache directory."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_EXTENSIONS_DIR", ext_dir)
-        mp.delenv(custom_ops.DISABLE_ENV, raising=False)
-        mp.setattr(bias_act, "_plugins", {})
-        plugin = bias_act._init("cpu")
-    assert plugin is not None, "the bias_act CPU plugin failed to build; the warning names the compiler log"
-    return plugin
+    return load_cpu_plugin(bias_act, bias_act._init, ext_dir)
 
 
 @pytest.fixture(autouse=True)
 def _kernel_state(ext_dir, cpu_plugin, monkeypatch):
     """Every test starts with the CPU plugin loaded and custom ops enabled; changes are undone."""
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", ext_dir)
-    monkeypatch.delenv(custom_ops.DISABLE_ENV, raising=False)
-    monkeypatch.setattr(bias_act, "_plugins", {"cpu": cpu_plugin})
+    use_cpu_plugin(bias_act, cpu_plugin, ext_dir, monkeypatch)
 
 
 def _pre_clamp(act, xb, alpha, gain):
@@ -350,17 +343,7 @@ def _run_on_cuda(module, monkeypatch):
                                rtol=2e-3, atol=2e-3)
 
 
-def test_cuda_sources_compile(monkeypatch):
-    if custom_ops.find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit (nvcc + cuda_runtime.h) found; install one to check bias_act.cu compiles")
-    cpp_extension = custom_ops._cpp_extension()
-    for name in ("CUDA_HOME", "TORCH_CUDA_ARCH_LIST"):  # setup_cuda_build_env edits these: restore them
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-    monkeypatch.setattr(cpp_extension, "CUDA_HOME", cpp_extension.CUDA_HOME)
-    if torch.cuda.is_available():
-        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "{}.{}".format(*torch.cuda.get_device_capability()))
-    else:
-        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")  # one arch keeps nvcc quick
+def test_cuda_sources_compile(cuda_build_env, monkeypatch):
     name, sources, kwargs = bias_act.plugin_spec("cuda")
     so_path = custom_ops.build_plugin(name, sources, **kwargs)
     assert os.path.isfile(so_path)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from torch_utils import custom_ops
+from tests.ops.conftest import load_cpu_plugin, use_cpu_plugin
 from torch_utils.ops import upfirdn2d
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -106,21 +107,13 @@ def ext_dir(torch_extensions_dir):
 @pytest.fixture(scope="module")
 def cpu_plugin(ext_dir):
     """The CPU plugin, built once for this module into its own cache directory."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TORCH_EXTENSIONS_DIR", ext_dir)
-        mp.delenv(custom_ops.DISABLE_ENV, raising=False)
-        mp.setattr(upfirdn2d, "_plugins", {})
-        plugin = upfirdn2d._get_plugin("cpu")
-    assert plugin is not None, "the upfirdn2d CPU plugin failed to build; the warning names the compiler log"
-    return plugin
+    return load_cpu_plugin(upfirdn2d, upfirdn2d._get_plugin, ext_dir)
 
 
 @pytest.fixture(autouse=True)
 def _kernel_state(ext_dir, cpu_plugin, monkeypatch):
     """Every test starts with the CPU plugin loaded and custom ops enabled; changes are undone."""
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", ext_dir)
-    monkeypatch.delenv(custom_ops.DISABLE_ENV, raising=False)
-    monkeypatch.setattr(upfirdn2d, "_plugins", {"cpu": cpu_plugin})
+    use_cpu_plugin(upfirdn2d, cpu_plugin, ext_dir, monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,17 +393,7 @@ def _run_on_cuda(module):
     assert torch.autograd.gradgradcheck(lambda inp: upfirdn2d.upsample2d(inp, f), [x])
 
 
-def test_cuda_sources_compile(monkeypatch):
-    if custom_ops.find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit (nvcc + cuda_runtime.h) found; install one to check upfirdn2d.cu compiles")
-    cpp_extension = custom_ops._cpp_extension()
-    for name in ("CUDA_HOME", "TORCH_CUDA_ARCH_LIST"):  # setup_cuda_build_env edits these: restore them
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-    monkeypatch.setattr(cpp_extension, "CUDA_HOME", cpp_extension.CUDA_HOME)
-    if torch.cuda.is_available():
-        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "{}.{}".format(*torch.cuda.get_device_capability()))
-    else:
-        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")  # one arch keeps nvcc quick
+def test_cuda_sources_compile(cuda_build_env, monkeypatch):
     name, sources, kwargs = upfirdn2d._plugin_spec("cuda")
     so_path = custom_ops.build_plugin(name, sources, **kwargs)
     assert os.path.isfile(so_path)
