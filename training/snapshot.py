@@ -93,7 +93,8 @@ def load_training_state(path):
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such training state; pass an existing training-state-*.pt") from None
     except Exception as err:
-        raise ValueError(f"{path}: not a readable training state ({type(err).__name__}: {err}); "
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""  # torch's messages run to pages
+        raise ValueError(f"{path}: not a readable training state ({type(err).__name__}: {reason}); "
                          "pass a training-state-*.pt written by this project") from None
     if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT:
         raise ValueError(f"{path}: not a stylegan2-ada-kd training state; resume from a training-state-*.pt "
@@ -163,14 +164,14 @@ def _newest_in_run_dir(run_dir):
     """(kimg, path) of the newest snapshot in run_dir, preferring the training state at equal kimg."""
     candidates = [(kimg, 1, name) for kimg, name in _numbered_files(run_dir, STATE_RE).items()]
     candidates += [(kimg, 0, name) for kimg, name in _numbered_files(run_dir, NETWORK_RE).items()]
-    candidates = [c for c in candidates if _looks_complete(os.path.join(run_dir, c[2]))]
+    candidates = [c for c in candidates if looks_complete(os.path.join(run_dir, c[2]))]
     if not candidates:
         return None
     kimg, _, name = max(candidates)
     return kimg, os.path.join(run_dir, name)
 
 
-def _looks_complete(path):
+def looks_complete(path):
     """Cheap check that a final-named file is a whole zip (torch.save) or pickle, not a stub."""
     try:
         with open(path, "rb") as f:

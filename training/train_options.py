@@ -282,6 +282,9 @@ def resolve_resume(resume: str, outdir: str, dataset_name: str):
     if dnnlib.util.is_url(resume, allow_file_urls=True):
         return resume, "-resumecustom"
     if os.path.isfile(resume):
+        if not snapshot.looks_complete(resume):
+            raise _bad("--resume", f"{resume}: not a complete training-state-*.pt or network pickle (truncated, "
+                                   "or written by other software); pass a file written by train.py")
         return os.path.abspath(resume), "-resumecustom"
     raise _bad("--resume", f"{resume}: no such file; pass a path, a URL, latest, noresume or one of "
                            f"{', '.join(RESUME_URLS)}")

@@ -170,3 +170,11 @@ def test_run_with_keep_last_keeps_only_the_newest_pair(tmp_path):
         "network-snapshot-000002.pkl", "training-state-000002.pt"]
     assert snapshot.find_latest(str(tmp_path / "out")) == str(run_dir / "training-state-000002.pt")
     assert snapshot.load_training_state(str(run_dir / "training-state-000002.pt"))["cur_nimg"] == 2016
+
+
+def test_unreadable_state_error_is_one_line(tmp_path):
+    path = tmp_path / "training-state-000001.pt"
+    path.write_bytes(b"garbage that torch.load rejects")
+    with pytest.raises(ValueError) as info:
+        snapshot.load_training_state(str(path))
+    assert "\n" not in str(info.value) and str(path) in str(info.value)

@@ -346,3 +346,11 @@ def test_plugin_kwargs_need_class_name(cats, tmp_path):
     module.make_plugin_kwargs = lambda opts, context: [dict(weight=1)]
     with pytest.raises(click.ClickException, match="bad_plugin.*class_name"):
         build(tmp_path, cats, plugins=[module])
+
+
+def test_resume_rejects_damaged_files(tmp_path, cats):
+    for name, data in [("cut.pt", b"PK\x03\x04truncated"), ("text.pkl", b"not a pickle")]:
+        bad = tmp_path / name
+        bad.write_bytes(data)
+        with pytest.raises(click.BadParameter, match=f"{name}: not a complete"):
+            build(tmp_path, cats, resume=str(bad))
