@@ -170,6 +170,8 @@ _OPTIONS = [
     click.Option(["--cond"], **_BOOL, default=False, show_default=True, help="Class-conditional (needs labels)"),
     click.Option(["--subset"], **_POS_INT, help="Train on N random images  [default: all]"),
     click.Option(["--mirror"], **_BOOL, default=False, show_default=True, help="Add x-flipped copies"),
+    click.Option(["--metric-data"], metavar="PATH",
+                 help="Reference data for --metrics, e.g. a CIFAR test split  [default: --data]"),
     # Base configuration.
     click.Option(["--cfg"], type=click.Choice(train_options.CFG_NAMES), default="auto", show_default=True,
                  help="Preset"),

@@ -187,7 +187,7 @@ def check_device(device: str, num_gpus: int, launcher: str) -> None:
 
 
 # Plugin options: modules named by string, each optional.
-PLUGIN_MODULES = ["stylegan2_ada_kd.kd", "stylegan2_ada_kd.apa", "stylegan2_ada_kd.lecam", "stylegan2_ada_kd.insgen"]
+PLUGIN_MODULES = ["stylegan2_ada_kd.kd_plugin", "stylegan2_ada_kd.apa", "stylegan2_ada_kd.lecam", "stylegan2_ada_kd.insgen"]
 
 
 def load_plugin_modules(names=None) -> list:
@@ -227,8 +227,8 @@ def plugin_run_desc(modules, opts: dict) -> str:
     return "".join(f"-{part.strip('-')}" for part in parts if part and part.strip("-"))
 
 
-def describe_dataset(path: str) -> dnnlib.EasyDict:
-    """Open --data once: name, resolution, size, labels and class names; raises naming --data."""
+def describe_dataset(path: str, option: str = "--data") -> dnnlib.EasyDict:
+    """Open a dataset once: name, resolution, size, labels and class names; raises naming `option`."""
     try:
         dataset = dnnlib.util.construct_class_by_name(class_name="training.dataset.ImageFolderDataset",
                                                       path=path, use_labels=True, max_size=None, xflip=False)
@@ -238,7 +238,7 @@ def describe_dataset(path: str) -> dnnlib.EasyDict:
                                class_names=dataset.class_names)
         dataset.close()
     except (OSError, ValueError) as exc:  # DatasetError is a ValueError with a one-line message.
-        raise _bad("--data", str(exc)) from None
+        raise _bad(option, str(exc).replace("--data", option)) from None
     return info
 
 
@@ -295,7 +295,7 @@ def resolve_resume(resume: str, outdir: str, dataset_name: str):
 OPTION_DEFAULTS = {
     **dict.fromkeys("outdir gpus snap image_snap metrics desc tick keep_last grid data subset gamma kimg batch "
                     "batch_gpu cbase cmax glr dlr map_depth mbstd_group aug p target augpipe diffaug_policy resume "
-                    "freezed".split()),
+                    "freezed metric_data".split()),
     **dict.fromkeys("cond mirror allow_partial fp32 nhwc nobench allow_tf32".split(), False),
     "seed": 0, "device": "auto", "cfg": "auto", "workers": 3}
 
@@ -319,6 +319,20 @@ def _dataset_kwargs(opts, info) -> dnnlib.EasyDict:
     return dnnlib.EasyDict(class_name="training.dataset.ImageFolderDataset", path=info.path,
                            use_labels=bool(opts.cond), max_size=opts.subset or info.num_images,
                            xflip=bool(opts.mirror), resolution=info.resolution, random_seed=opts.seed)
+
+
+def _metric_dataset_kwargs(opts, info) -> dnnlib.EasyDict | None:
+    """Reference set for --metrics from --metric-data (same resolution, labels as trained, no x-flip); None = --data."""
+    if opts.metric_data is None:
+        return None
+    ref = describe_dataset(opts.metric_data, option="--metric-data")
+    if ref.resolution != info.resolution:
+        raise _bad("--metric-data", f"{opts.metric_data} is {ref.resolution}x{ref.resolution} but --data is "
+                                    f"{info.resolution}x{info.resolution}; build it at the training resolution")
+    if opts.cond and not ref.has_labels:
+        raise _bad("--metric-data", f"{opts.metric_data} has no labels but --cond is on; use a labelled reference set")
+    return dnnlib.EasyDict(class_name="training.dataset.ImageFolderDataset", path=ref.path, use_labels=bool(opts.cond),
+                           max_size=None, xflip=False, resolution=ref.resolution, random_seed=opts.seed)
 
 
 def _network_kwargs(opts, spec: Preset):
@@ -443,6 +457,7 @@ def build_training_setup(opts: dict, plugin_modules=None) -> dnnlib.EasyDict:
     # Resuming from anything: ADA reacts 5x faster and G_ema starts without rampup (as the reference).
     c.ada_kimg, c.ada_interval = (500 if resume_pkl is None else 100), 4
     c.metrics, c.random_seed, c.num_gpus = parse_metrics(opts.metrics or "fid50k_full"), opts.seed, num_gpus
+    c.metric_dataset_kwargs = _metric_dataset_kwargs(opts, info)
     c.batch_size, c.batch_gpu = _batch_sizes(opts, spec, num_gpus)
     c.ema_kimg, c.ema_rampup = spec.ema, (spec.ramp if resume_pkl is None else None)
     c.G_reg_interval, c.D_reg_interval = 4, 16

@@ -58,6 +58,7 @@ def training_loop(
     ada_kimg=500,                   # ADA: kimg for p to move by 1
     ada_interval=4,                 # ADA: steps between p adjustments
     metrics=[],                     # metric names evaluated at network snapshots  # noqa: B006
+    metric_dataset_kwargs=None,     # reference dataset for metrics (e.g. a test split); None = the training set
     random_seed=0,                  # global seed; rank r uses random_seed * num_gpus + r
     num_gpus=1,                     # number of processes (GPUs, or CPU processes with gloo)
     rank=0,                         # rank of this process
@@ -436,7 +437,8 @@ class _TrainingRun:
         o = self.o
         self.print("Evaluating metrics...")
         for metric in self.metrics:
-            result_dict = metric_main.calc_metric(metric=metric, G=data["G_ema"], dataset_kwargs=o.training_set_kwargs,
+            reference = o.metric_dataset_kwargs or o.training_set_kwargs
+            result_dict = metric_main.calc_metric(metric=metric, G=data["G_ema"], dataset_kwargs=reference,
                                                   num_gpus=o.num_gpus, rank=self.rank, device=self.device)
             if self.rank == 0:
                 metric_main.report_metric(result_dict, run_dir=o.run_dir, snapshot_pkl=snapshot_pkl)

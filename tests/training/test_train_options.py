@@ -354,3 +354,17 @@ def test_resume_rejects_damaged_files(tmp_path, cats):
         bad.write_bytes(data)
         with pytest.raises(click.BadParameter, match=f"{name}: not a complete"):
             build(tmp_path, cats, resume=str(bad))
+
+
+def test_metric_data_names_the_reference_set(tmp_path, cats):
+    test_split = make_dataset(tmp_path / "test_split", count=3)
+    kwargs = build(tmp_path, cats, metric_data=test_split).kwargs
+    ref = kwargs.metric_dataset_kwargs
+    assert (ref.path, ref.resolution, ref.xflip, ref.max_size, ref.use_labels) == (test_split, 32, False, None, False)
+    assert build(tmp_path, cats).kwargs.metric_dataset_kwargs is None
+    small = make_dataset(tmp_path / "small", count=2, resolution=16)
+    with pytest.raises(click.BadParameter, match=r"16x16 but --data is 32x32"):
+        build(tmp_path, cats, metric_data=small)
+    with pytest.raises(click.BadParameter, match="missing.zip: no such file or folder; check --metric-data") as info:
+        build(tmp_path, cats, metric_data=str(tmp_path / "missing.zip"))
+    assert info.value.param_hint == "'--metric-data'"

@@ -131,7 +131,8 @@ def test_image_grid_rows_are_classes_and_grid_layout(tmp_path):
 # Whole runs.
 
 
-def test_short_run_writes_every_output(tmp_path, capsys):
+def test_short_run_writes_every_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.modules["training.training_loop"], "_module_exists", lambda name: False)  # no registry
     data = make_dataset(tmp_path / "data", res=16, num_classes=3)
     run_dir = tmp_path / "run"
     kwargs = loop_kwargs(run_dir, data, res=16, use_labels=True, metrics=["fid50k_full"], total_kimg=0.012,
@@ -204,12 +205,14 @@ def test_metrics_are_evaluated_at_snapshots_when_the_registry_exists(tmp_path, m
     fake.report_metric = lambda result_dict, run_dir, snapshot_pkl: calls.append(("report", snapshot_pkl))
     monkeypatch.setitem(sys.modules, "metrics.metric_main", fake)
     data = make_dataset(tmp_path / "data")
+    test_split = make_dataset(tmp_path / "test_split", num=3)
     kwargs = loop_kwargs(tmp_path / "run", data, total_kimg=0.004, metrics=["fid50k_full"], augment_kwargs=None,
-                         ada_target=None)
+                         ada_target=None, metric_dataset_kwargs=dict(class_name="training.dataset.ImageFolderDataset",
+                                                                     path=test_split, resolution=8))
     training_loop(**kwargs)
     calc = calls[0][1]
     assert calls[0][0] == "calc" and calc["metric"] == "fid50k_full" and calc["num_gpus"] == 1 and calc["rank"] == 0
-    assert not calc["G"].training and calc["dataset_kwargs"]["path"] == data and str(calc["device"]) == "cpu"
+    assert not calc["G"].training and calc["dataset_kwargs"]["path"] == test_split and str(calc["device"]) == "cpu"
     assert calls[1] == ("report", str(tmp_path / "run" / "network-snapshot-000000.pkl"))
     stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     assert "timestamp" in stats[0]
