@@ -121,7 +121,8 @@ def parse_diffaug_policy(policy: str) -> str:
 
 KNOWN_METRICS = ("fid50k_full", "kid50k_full", "pr50k3_full", "is50k", "ppl2_wend", "fid50k", "kid50k",
                  "pr50k3", "ppl_zfull", "ppl_wfull", "ppl_zend", "ppl_wend")
-_METRIC_PATTERN = re.compile(r"^(?:(?:fid|kid|is)\d+k|pr\d+k3)(?:_full)?$")  # e.g. fid10k, kid5k_full
+# e.g. fid10k, kid5k_full, pr10k3, ppl2_wend_10k
+_METRIC_PATTERN = re.compile(r"^(?:(?:fid|kid|is)\d+k|pr\d+k3)(?:_full)?$|^ppl2?_[zw](?:full|end)(?:_\d+k)?$")
 
 
 def _metric_registry():

@@ -441,7 +441,9 @@ class _TrainingRun:
             result_dict = metric_main.calc_metric(metric=metric, G=data["G_ema"], dataset_kwargs=reference,
                                                   num_gpus=o.num_gpus, rank=self.rank, device=self.device)
             if self.rank == 0:
-                metric_main.report_metric(result_dict, run_dir=o.run_dir, snapshot_pkl=snapshot_pkl)
+                line = metric_main.report_metric(result_dict, run_dir=o.run_dir, snapshot_pkl=snapshot_pkl)
+                if line:
+                    self.print(line)
             self.stats_metrics.update(result_dict.results)
 
 

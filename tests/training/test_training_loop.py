@@ -197,13 +197,15 @@ def test_plugin_head_is_trained_by_d_optimizer(tmp_path):
     assert not torch.equal(heads[0], heads[1])
 
 
-def test_metrics_are_evaluated_at_snapshots_when_the_registry_exists(tmp_path, monkeypatch):
+def test_metrics_are_evaluated_at_snapshots_when_the_registry_exists(tmp_path, monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("metrics.metric_main")
     fake.calc_metric = lambda **kwargs: calls.append(("calc", kwargs)) or dnnlib.EasyDict(
         results={kwargs["metric"]: 1.5}, metric=kwargs["metric"])
-    fake.report_metric = lambda result_dict, run_dir, snapshot_pkl: calls.append(("report", snapshot_pkl))
+    fake.report_metric = lambda result_dict, run_dir, snapshot_pkl: calls.append(("report", snapshot_pkl)) or "{json}"
     monkeypatch.setitem(sys.modules, "metrics.metric_main", fake)
+    import metrics
+    monkeypatch.setattr(metrics, "metric_main", fake, raising=False)  # `from metrics import metric_main` reads this
     data = make_dataset(tmp_path / "data")
     test_split = make_dataset(tmp_path / "test_split", num=3)
     kwargs = loop_kwargs(tmp_path / "run", data, total_kimg=0.004, metrics=["fid50k_full"], augment_kwargs=None,
@@ -214,6 +216,7 @@ def test_metrics_are_evaluated_at_snapshots_when_the_registry_exists(tmp_path, m
     assert calls[0][0] == "calc" and calc["metric"] == "fid50k_full" and calc["num_gpus"] == 1 and calc["rank"] == 0
     assert not calc["G"].training and calc["dataset_kwargs"]["path"] == test_split and str(calc["device"]) == "cpu"
     assert calls[1] == ("report", str(tmp_path / "run" / "network-snapshot-000000.pkl"))
+    assert "\n{json}\n" in capsys.readouterr().out  # the metric line is shown on the console
     stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     assert "timestamp" in stats[0]
 
