@@ -3,6 +3,7 @@
 \b
 python generate.py --network=network-snapshot-000100.pkl --seeds=0-7 --outdir=out
 python generate.py --network=G.pkl --projected-w=projected_w.npz --outdir=out
+python generate.py --network=ffhq256 --seeds=0-3 --trunc=0.7 --outdir=out
 """
 
 import os
@@ -69,7 +70,9 @@ def load_projected_ws(path: str, G, device) -> torch.Tensor:
 
 
 @click.command()
-@click.option("--network", "network_pkl", help="Network pickle: path or URL", required=True)
+@click.option("--network", "network_pkl", required=True,
+              help="Network pickle: path, URL or pretrained short name (ffhq256, ffhq512, ffhq1024, celebahq256, "
+                   "lsundog256)")
 @click.option("--seeds", callback=_int_list, help="List of seeds, e.g. 1,2,5 or 0-35")
 @click.option("--trunc", "truncation_psi", type=float, default=1, show_default=True, help="Truncation psi")
 @click.option("--class", "class_idx", type=click.IntRange(min=0), help="Class index (conditional networks)")

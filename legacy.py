@@ -1,15 +1,20 @@
-"""Load network pickles: ours, official StyleGAN2-ADA-PyTorch ones, and (later) TF-era ones.
+"""Load network pickles: ours, official StyleGAN2-ADA-PyTorch ones, and TF-era StyleGAN2/ADA ones.
 
 Security note: a network pickle is code. Loading one runs the Python source embedded in it
-(see torch_utils/persistence.py), so only load pickles from sources you trust.
+(see torch_utils/persistence.py), so only load pickles from sources you trust. TF-era pickles
+are read without TensorFlow: their networks become stubs holding the pickled state, which
+training/legacy_tf.py converts into training.networks modules.
 """
 
+import os
 import pickle
+import warnings
 
 import click
 
 import dnnlib
 from torch_utils import misc
+from training import legacy_tf
 
 NETWORK_KEYS = ("G", "D", "G_ema")
 
@@ -18,18 +23,10 @@ class NetworkPickleError(IOError):
     """A file that cannot be read as a network pickle; the message names the file and the fix."""
 
 
-class _TFNetworkStub(dnnlib.EasyDict):
-    """Stands in for `dnnlib.tflib.network.Network` objects found in TF-era pickles."""
-
-    def __setstate__(self, state):
-        self.update(state)
-
-
 class _LegacyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if module == "dnnlib.tflib.network" and name == "Network":
-            return _TFNetworkStub
-        return super().find_class(module, name)
+        stub = legacy_tf.find_tf_class(module, name)
+        return stub if stub is not None else super().find_class(module, name)
 
 
 def _describe(f) -> str:
@@ -53,10 +50,6 @@ def _unpickle(f):
         ) from None
 
 
-def _is_tf_pickle(data) -> bool:
-    return isinstance(data, tuple) and len(data) == 3 and all(isinstance(net, _TFNetworkStub) for net in data)
-
-
 def load_network_pkl(f, force_fp16: bool = False) -> dict:
     """Read a network pickle into a dict with `G`, `D`, `G_ema`, `augment_pipe`, `training_set_kwargs`.
 
@@ -64,16 +57,15 @@ def load_network_pkl(f, force_fp16: bool = False) -> dict:
         f: a binary file object (e.g. from `dnnlib.util.open_url`).
         force_fp16: rebuild G, D and G_ema with 4 fp16 resolutions and conv_clamp=256 (as
             StyleGAN2-ADA's own fp16 settings), copying the weights over.
+    TF-era (G, D, Gs) pickles are converted (Gs becomes G_ema); TF variables and settings that have
+    no place in training.networks are reported with `warnings.warn` (category TFConversionWarning).
     Returns:
         dict; missing optional entries (`augment_pipe`, `training_set_kwargs`, `D`) are None.
     """
     where = _describe(f)
     data = _unpickle(f)
-    if _is_tf_pickle(data):
-        raise NetworkPickleError(
-            f"{where}: this is a TF-era StyleGAN2/ADA pickle; converting those is not supported in this "
-            f"version yet: use the PyTorch version of the network (StyleGAN2-ADA-PyTorch publishes them)"
-        )
+    if legacy_tf.is_tf_pickle(data):
+        data = _convert_tf(data, where)
     if not isinstance(data, dict) or "G_ema" not in data:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise NetworkPickleError(
@@ -88,6 +80,21 @@ def load_network_pkl(f, force_fp16: bool = False) -> dict:
             if data[key] is not None:
                 data[key] = _rebuild_with_fp16(data[key], is_generator=(key != "D"))
     return data
+
+
+class TFConversionWarning(UserWarning):
+    """Parts of a TF-era pickle that the conversion did not use."""
+
+
+def _convert_tf(data, where: str) -> dict:
+    try:
+        converted, report = legacy_tf.convert_tf_pickle(data)
+    except legacy_tf.ConversionError as e:
+        raise NetworkPickleError(f"{where}: {e}") from None
+    if report:
+        warnings.warn(f"{where}: TF-era pickle: {len(report)} item(s) not used by the conversion: "
+                      f"{'; '.join(report)}", TFConversionWarning, stacklevel=3)
+    return converted
 
 
 def _rebuild_with_fp16(net, is_generator: bool):
@@ -114,27 +121,54 @@ def save_network_pkl(data: dict, path: str) -> None:
     dnnlib.util.atomic_write(path, lambda f: pickle.dump(data, f))
 
 
+def pretrained_urls() -> dict:
+    """{short name: URL} of the official StyleGAN2-ADA pickles (ffhq256, ..., the names train.py --resume takes)."""
+    from training.train_options import RESUME_URLS  # imported here: generate.py needs nothing else from it
+    return dict(RESUME_URLS)
+
+
+def resolve_network(name_or_path: str) -> str:
+    """A pretrained short name (e.g. 'ffhq256') -> its official URL; any other path or URL unchanged.
+
+    An existing local file of that name wins over the short name.
+    """
+    urls = pretrained_urls()
+    if name_or_path in urls and not os.path.exists(name_or_path):
+        return urls[name_or_path]
+    return name_or_path
+
+
 def load_network_pkl_from(url_or_path: str, force_fp16: bool = False) -> dict:
-    """`load_network_pkl` on a local path or URL (downloaded once into the dnnlib cache)."""
-    with dnnlib.util.open_url(url_or_path) as f:
+    """`load_network_pkl` on a local path, URL (downloaded once into the dnnlib cache) or short name.
+
+    Short names (see `pretrained_urls`) resolve to the official URLs; offline, the DownloadError
+    names the URL and the cache file to copy it to.
+    """
+    with dnnlib.util.open_url(resolve_network(url_or_path)) as f:
         return load_network_pkl(f, force_fp16=force_fp16)
 
 
 @click.command()
-@click.option("--source", help="Input pickle: path or URL", required=True, metavar="PATH")
+@click.option("--source", help="Input pickle: path, URL or pretrained short name (ffhq256, ...)", required=True,
+              metavar="PATH")
 @click.option("--dest", help="Output pickle", required=True, metavar="PATH")
 @click.option("--force-fp16", help="Rebuild the networks with fp16 layers", type=bool, default=False,
               show_default=True)
 def convert_network_pickle(source, dest, force_fp16):
-    """Re-save a network pickle in this project's format.
+    """Re-save a network pickle (ours, official PyTorch or TF-era StyleGAN2/ADA) in this project's format.
 
     \b
     python legacy.py --source=network-snapshot-000100.pkl --dest=converted.pkl
+    python legacy.py --source=stylegan2-ffhq-config-f.pkl --dest=stylegan2-ffhq-config-f-pt.pkl
     """
-    try:
-        data = load_network_pkl_from(source, force_fp16=force_fp16)
-    except (OSError, NetworkPickleError) as e:
-        raise click.ClickException(str(e))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TFConversionWarning)
+        try:
+            data = load_network_pkl_from(source, force_fp16=force_fp16)
+        except (OSError, NetworkPickleError) as e:
+            raise click.ClickException(str(e))
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
     save_network_pkl(data, dest)
     click.echo(f"Wrote {dest}")
 

@@ -97,3 +97,40 @@ def test_parse_int_list(text, expected):
 def test_parse_int_list_errors(text):
     with pytest.raises(ValueError):
         parse_int_list(text)
+
+
+SHORT_NAMES = ["ffhq256", "ffhq512", "ffhq1024", "celebahq256", "lsundog256"]
+
+
+@pytest.mark.parametrize("name", SHORT_NAMES)
+def test_short_name_resolves_to_official_url(name, monkeypatch, tmp_path):
+    from training.train_options import RESUME_URLS
+    opened = []
+
+    def fake_open_url(url, *args, **kwargs):
+        opened.append(url)
+        raise OSError(f"fake download failure for {url}")
+
+    monkeypatch.setattr(legacy.dnnlib.util, "open_url", fake_open_url)
+    result = _run("--network", name, "--seeds", "0", "--outdir", str(tmp_path))
+    assert opened == [RESUME_URLS[name]]
+    assert opened[0].startswith("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/")
+    assert result.exit_code == 1 and RESUME_URLS[name] in result.output
+
+
+def test_short_name_offline_names_url_and_cache_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("DNNLIB_OFFLINE", "1")
+    url = legacy.pretrained_urls()["ffhq256"]
+    result = _run("--network", "ffhq256", "--seeds", "0", "--outdir", str(tmp_path))
+    assert result.exit_code == 1
+    assert url in result.output and legacy.dnnlib.util.url_cache_path(url) in result.output
+
+
+def test_local_file_named_like_a_short_name_wins(toy_pkl, tmp_path, monkeypatch):
+    G, path = toy_pkl()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ffhq256").write_bytes(open(path, "rb").read())
+    result = _run("--network", "ffhq256", "--seeds", "2", "--outdir", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.array(PIL.Image.open(tmp_path / "o" / "seed0002.png")),
+                                  _expected_pixels(G, 2, torch.zeros(1, 0)))

@@ -1,5 +1,6 @@
 """legacy.py: loading our pickles, clear errors for damaged/foreign files, force_fp16, convert CLI."""
 
+import io
 import os
 import pickle
 import sys
@@ -61,8 +62,10 @@ def test_pickle_of_other_object_is_rejected(tmp_path):
         legacy.load_network_pkl_from(path)
 
 
-def test_tf_era_pickle_is_recognised(tmp_path, monkeypatch):
-    # Write a pickle that refers to dnnlib.tflib.network.Network the way TF-era files do.
+def test_tf_era_pickle_without_variables_names_the_missing_one(tmp_path, monkeypatch):
+    # A pickle that refers to dnnlib.tflib.network.Network the way TF-era files do, but holds no weights:
+    # it is recognised as TF-era and the conversion names the first variable it cannot find.
+    # (tests/cli/test_legacy_tf.py converts complete synthetic TF-era pickles.)
     fake = types.ModuleType("dnnlib.tflib.network")
 
     class Network:
@@ -78,7 +81,8 @@ def test_tf_era_pickle_is_recognised(tmp_path, monkeypatch):
         nets.append(net)
     path = _write(tmp_path / "tf.pkl", pickle.dumps(tuple(nets)))
     monkeypatch.delitem(sys.modules, "dnnlib.tflib.network")
-    with pytest.raises(legacy.NetworkPickleError, match="TF-era"):
+    with pytest.raises(legacy.NetworkPickleError,
+                       match=r"tf\.pkl: TF-era G: variable 'mapping/Dense0/weight' is missing"):
         legacy.load_network_pkl_from(path)
 
 
@@ -113,3 +117,53 @@ def test_convert_cli(tmp_path):
     missing = CliRunner().invoke(legacy.convert_network_pickle, ["--source", str(tmp_path / "nope.pkl"),
                                                                  "--dest", dest])
     assert missing.exit_code == 1 and "nope.pkl" in missing.output
+
+
+def _official_format_bytes(obj, module_src: str) -> bytes:
+    """Pickle `obj` as StyleGAN2-ADA-PyTorch writes snapshots: every persistent object becomes
+    `_reconstruct_persistent_obj(meta)` whose meta embeds `module_src` (here: our networks.py text plus a marker)."""
+    from torch_utils import persistence
+
+    class OfficialPickler(pickle.Pickler):
+        def reducer_override(self, o):
+            if isinstance(o, type) or not persistence.is_persistent(o):
+                return NotImplemented
+            meta = dict(type="class", version=6, module_src=module_src, class_name=type(o).__name__,
+                        state=dict(o.__dict__))
+            return persistence._reconstruct_persistent_obj, (meta,)
+
+    buffer = io.BytesIO()
+    OfficialPickler(buffer, protocol=4).dump(obj)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("c_dim,architecture", [(0, "skip"), (2, "resnet")])
+def test_official_format_pickle_runs_embedded_networks_source(c_dim, architecture, pure_pytorch_ops):
+    import dnnlib
+    from training import networks
+    marker = f"\nEMBEDDED_MARKER = '{architecture}'\n"
+    module_src = open(networks.__file__, encoding="utf-8").read() + marker
+    torch.manual_seed(0)
+    G = networks.Generator(z_dim=8, c_dim=c_dim, w_dim=8, img_resolution=16, img_channels=3,
+                           mapping_kwargs=dict(num_layers=2),
+                           synthesis_kwargs=dict(channel_base=128, channel_max=16, architecture=architecture)).eval()
+    D = networks.Discriminator(c_dim=c_dim, img_resolution=16, img_channels=3, architecture=architecture,
+                               channel_base=128, channel_max=16).eval()
+    snapshot = dict(G=G, D=D, G_ema=G, augment_pipe=None, training_set_kwargs=dnnlib.EasyDict(resolution=16))
+    data = legacy.load_network_pkl(io.BytesIO(_official_format_bytes(snapshot, module_src)))
+
+    G2, D2 = data["G_ema"], data["D"]
+    loaded_module = sys.modules[type(G2).__module__]
+    assert type(G2) is not networks.Generator and loaded_module.EMBEDDED_MARKER == architecture
+    assert type(G2.synthesis.b8.conv0).__module__ == type(G2).__module__  # submodules come from the same source
+    assert data["training_set_kwargs"].resolution == 16
+    z = torch.randn(4, 8)
+    c = torch.eye(2)[[0, 1, 1, 0]][:, :c_dim]
+    assert torch.equal(G2(z, c, noise_mode="const"), G(z, c, noise_mode="const"))
+    img = torch.randn(4, 3, 16, 16, requires_grad=True)
+    logits = D2(img, c)
+    assert torch.equal(logits, D(img, c))
+    # The embedded source's ops also differentiate (R1-style gradient w.r.t. the input image).
+    (grad,) = torch.autograd.grad(logits.sum(), img)
+    (expected,) = torch.autograd.grad(D(img, c).sum(), img)
+    torch.testing.assert_close(grad, expected)
