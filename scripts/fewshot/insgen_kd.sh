@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Few-shot table row "InsGen + KD-DLGAN" (METHOD.md 5). Paper FID, Obama / Grumpy Cat / Panda / AnimalFace Cat / Dog:
+# 38.28 / 22.16 / 9.51 / 32.39 / 50.13.
+# KD-DLGAN added to D's main loss next to the contrastive terms.
+# Usage: bash scripts/fewshot/insgen_kd.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+[ $# -ge 2 ] || fewshot_usage
+dataset="$1"
+zip="$2"
+shift 2
+fewshot_train insgen_kd "$dataset" "$zip" --aug=ada --insgen "${KD_DLGAN_OPTS[@]}" "$@"
