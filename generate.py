@@ -14,20 +14,32 @@ import PIL.Image
 import torch
 
 import legacy
-from dnnlib.cli import parse_int_list
+from dnnlib.cli import parse_int_list, parse_seed_list
 
 
-def _int_list(ctx, param, value):
-    if value is None:
-        return None
+def click_list(parse):
+    """A click callback applying `parse` (text -> list) to the option's value; ValueError -> BadParameter."""
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return callback
+
+
+seed_list, int_list = click_list(parse_seed_list), click_list(parse_int_list)
+
+
+def load_G_ema(network_pkl: str, device=None):
+    """(G_ema on the device, torch.device) from a pickle path, URL or short name; one-line ClickException."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    click.echo(f'Loading networks from "{network_pkl}"...')
     try:
-        seeds = parse_int_list(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e))
-    bad = [seed for seed in seeds if not 0 <= seed < 2**32]
-    if bad:
-        raise click.BadParameter(f"seed {bad[0]} is outside 0..{2**32 - 1}")
-    return seeds
+        return legacy.load_network_pkl_from(network_pkl)["G_ema"].to(device), device
+    except (OSError, legacy.NetworkPickleError) as e:
+        raise click.ClickException(str(e)) from None
 
 
 def to_uint8_images(img: torch.Tensor) -> np.ndarray:
@@ -73,7 +85,7 @@ def load_projected_ws(path: str, G, device) -> torch.Tensor:
 @click.option("--network", "network_pkl", required=True,
               help="Network pickle: path, URL or pretrained short name (ffhq256, ffhq512, ffhq1024, celebahq256, "
                    "lsundog256)")
-@click.option("--seeds", callback=_int_list, help="List of seeds, e.g. 1,2,5 or 0-35")
+@click.option("--seeds", callback=seed_list, help="List of seeds, e.g. 1,2,5 or 0-35")
 @click.option("--trunc", "truncation_psi", type=float, default=1, show_default=True, help="Truncation psi")
 @click.option("--class", "class_idx", type=click.IntRange(min=0), help="Class index (conditional networks)")
 @click.option("--noise-mode", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
@@ -82,12 +94,7 @@ def load_projected_ws(path: str, G, device) -> torch.Tensor:
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu]")
 def generate_images(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w, outdir, device):
     """Generate images with a trained network (uses G_ema)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    click.echo(f'Loading networks from "{network_pkl}"...')
-    try:
-        G = legacy.load_network_pkl_from(network_pkl)["G_ema"].to(device)
-    except (OSError, legacy.NetworkPickleError) as e:
-        raise click.ClickException(str(e))
+    G, device = load_G_ema(network_pkl, device)
     os.makedirs(outdir, exist_ok=True)
 
     if projected_w is not None:

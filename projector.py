@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import dnnlib
-import legacy
-from generate import make_label, save_image, to_uint8_images
+from generate import load_G_ema, make_label, save_image, to_uint8_images
 
 PROJECTOR_VGG16_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
 PROJECTOR_VGG16_ENV = "SG2KD_VGG16_PATH"  # the same variable metrics/detectors.py reads
@@ -197,13 +196,11 @@ def run_projection(network_pkl, target_fname, num_steps, seed, save_video, class
         _check_video_support()
     np.random.seed(seed)
     torch.manual_seed(seed)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    click.echo(f'Loading networks from "{network_pkl}"...')
+    G, device = load_G_ema(network_pkl, device)
     try:
-        G = legacy.load_network_pkl_from(network_pkl)["G_ema"].to(device)
         vgg16 = load_projector_vgg16(vgg16_path, device)
-    except (OSError, legacy.NetworkPickleError) as e:
-        raise click.ClickException(str(e))
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
     label = make_label(G, class_idx, device)
     target_uint8 = load_target(target_fname, G.img_resolution, G.img_channels)
 

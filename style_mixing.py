@@ -15,23 +15,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-import legacy
-from dnnlib.cli import parse_int_list
-from generate import make_label, save_image, to_uint8_images
-
-
-def _int_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        values = parse_int_list(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e))
-    if param.name != "col_styles":
-        bad = [seed for seed in values if not 0 <= seed < 2**32]
-        if bad:
-            raise click.BadParameter(f"seed {bad[0]} is outside 0..{2**32 - 1}")
-    return values
+from generate import int_list, load_G_ema, make_label, save_image, seed_list, to_uint8_images
 
 
 def check_styles(col_styles, num_ws: int):
@@ -88,9 +72,9 @@ def make_grid(images, row_seeds, col_seeds) -> PIL.Image.Image:
 
 @click.command()
 @click.option("--network", "network_pkl", required=True, help="Network pickle: path, URL or short name (ffhq256, ...)")
-@click.option("--rows", "row_seeds", callback=_int_list, required=True, help="Row seeds, e.g. 85,100 or 0-3")
-@click.option("--cols", "col_seeds", callback=_int_list, required=True, help="Column seeds, e.g. 55,821 or 10-13")
-@click.option("--styles", "col_styles", callback=_int_list, default="0-6", show_default=True,
+@click.option("--rows", "row_seeds", callback=seed_list, required=True, help="Row seeds, e.g. 85,100 or 0-3")
+@click.option("--cols", "col_seeds", callback=seed_list, required=True, help="Column seeds, e.g. 55,821 or 10-13")
+@click.option("--styles", "col_styles", callback=int_list, default="0-6", show_default=True,
               help="Layers (ws) taken from the column seed; the default is cut to the network's ws")
 @click.option("--trunc", "truncation_psi", type=float, default=1, show_default=True, help="Truncation psi")
 @click.option("--class", "class_idx", type=click.IntRange(min=0), help="Class index (conditional networks)")
@@ -100,12 +84,7 @@ def make_grid(images, row_seeds, col_seeds) -> PIL.Image.Image:
 def generate_style_mix(network_pkl, row_seeds, col_seeds, col_styles, truncation_psi, class_idx, noise_mode,
                        outdir, device):
     """Style-mixing grid of row seeds x column seeds (uses G_ema)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    click.echo(f'Loading networks from "{network_pkl}"...')
-    try:
-        G = legacy.load_network_pkl_from(network_pkl)["G_ema"].to(device)
-    except (OSError, legacy.NetworkPickleError) as e:
-        raise click.ClickException(str(e))
+    G, device = load_G_ema(network_pkl, device)
     num_ws = G.synthesis.num_ws
     if click.get_current_context().get_parameter_source("col_styles") == click.core.ParameterSource.DEFAULT:
         # The default 0-6 assumes >= 7 ws; small networks (resolution < 32) mix what they have.

@@ -27,3 +27,12 @@ def parse_int_list(text: str) -> List[int]:
     if not values:
         raise ValueError(f"'{text}' names no integers; use a list like 1,2,5 or a range like 0-35")
     return values
+
+
+def parse_seed_list(text: str) -> List[int]:
+    """parse_int_list for seeds: every value must fit numpy's RandomState (0..2**32-1); ValueError otherwise."""
+    seeds = parse_int_list(text)
+    bad = [seed for seed in seeds if not 0 <= seed < 2**32]
+    if bad:
+        raise ValueError(f"seed {bad[0]} is outside 0..{2**32 - 1}")
+    return seeds

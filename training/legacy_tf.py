@@ -129,6 +129,16 @@ def _resolutions(tf_params: dict, prefix: str = "") -> list:
     return sorted({int(m.group(1)) for name in tf_params for m in [pattern.match(name)] if m})
 
 
+def _block_channel_settings(kw, tf_params, resolutions, prefix, conv_name, who):
+    """(channel_base, channel_max) from each block's output width: '<prefix>4x4/Conv' and '<prefix>RxR/<conv_name>'."""
+    channels = {4: _require(tf_params, f"{prefix}4x4/Conv/weight", who).shape[-1]}
+    for res in resolutions:
+        if res > 4:
+            channels[res] = _require(tf_params, f"{prefix}{res}x{res}/{conv_name}/weight", who).shape[-1]
+    static_base = kw.get("fmap_base", 16384)
+    return _channel_settings(channels, None if static_base is None else 2 * static_base, kw.get("fmap_max", 512), who)
+
+
 def _channel_settings(channels: dict, base, cmax, who: str):
     """(channel_base, channel_max) reproducing {R: channels}; prefer the static values when they do."""
     def fits(b, m):
@@ -321,13 +331,7 @@ def generator_kwargs(tf_G: TFNetworkStub, tf_params: dict, who: str = "G"):
     tf_params = _rename_lod_torgb(tf_params, img_resolution)
     z_dim, c_dim, w_dim, mapping_kwargs = _mapping_kwargs(kw, tf_params, who)
     torgb = _require(tf_params, f"synthesis/{img_resolution}x{img_resolution}/ToRGB/weight", who)
-    channels = {4: _require(tf_params, "synthesis/4x4/Conv/weight", who).shape[-1]}
-    for res in resolutions:
-        if res > 4:
-            channels[res] = _require(tf_params, f"synthesis/{res}x{res}/Conv1/weight", who).shape[-1]
-    static_base = kw.get("fmap_base", 16384)
-    channel_base, channel_max = _channel_settings(channels, None if static_base is None else 2 * static_base,
-                                                  kw.get("fmap_max", 512), who)
+    channel_base, channel_max = _block_channel_settings(kw, tf_params, resolutions, "synthesis/", "Conv1", who)
     synthesis_kwargs = dnnlib.EasyDict(
         channel_base=channel_base,
         channel_max=channel_max,
@@ -347,13 +351,17 @@ def generator_kwargs(tf_G: TFNetworkStub, tf_params: dict, who: str = "G"):
 def convert_generator(tf_G: TFNetworkStub, who: str = "G"):
     """TF G_main network -> (networks.Generator in eval mode, list of report lines for unused items)."""
     kwargs, tf_params, report = generator_kwargs(tf_G, collect_tf_params(tf_G), who)
+    return _build_and_fill(networks.Generator, kwargs, tf_params, _generator_source, report, who)
+
+
+def _build_and_fill(cls, kwargs, tf_params, source_fn, report, who):
+    """(cls(**kwargs) holding the TF variables, in eval mode; report + the unused variables)."""
     try:
-        G = networks.Generator(**kwargs)
+        net = cls(**kwargs)
     except (ValueError, TypeError) as e:
-        raise ConversionError(f"TF-era {who}: cannot build training.networks.Generator from {dict(kwargs)}: {e}")
-    used = _populate(G, tf_params, _generator_source, who)
-    report += _unused(tf_params, used, who)
-    return G.eval().requires_grad_(False), report
+        raise ConversionError(f"TF-era {who}: cannot build training.networks.{cls.__name__} from {dict(kwargs)}: {e}")
+    used = _populate(net, tf_params, source_fn, who)
+    return net.eval().requires_grad_(False), report + _unused(tf_params, used, who)
 
 
 def _unused(tf_params: dict, used: set, who: str) -> list:
@@ -400,17 +408,12 @@ def discriminator_kwargs(tf_D: TFNetworkStub, tf_params: dict, who: str = "D"):
     resolutions = _resolutions(tf_params)
     img_resolution = int(kw.get("resolution", resolutions[-1] if resolutions else 0))
     fromrgb = _require(tf_params, f"{img_resolution}x{img_resolution}/FromRGB/weight", who)
-    channels = {4: _require(tf_params, "4x4/Conv/weight", who).shape[-1]}
-    for res in resolutions:
-        if res > 4:
-            channels[res] = _require(tf_params, f"{res}x{res}/Conv0/weight", who).shape[-1]
-    static_base = kw.get("fmap_base", 16384)
-    channel_base, channel_max = _channel_settings(channels, None if static_base is None else 2 * static_base,
-                                                  kw.get("fmap_max", 512), who)
+    channel_base, channel_max = _block_channel_settings(kw, tf_params, resolutions, "", "Conv0", who)
     c_dim, cmap_dim, mapping_kwargs = _d_mapping_kwargs(kw, tf_params, who)
     # TF skips minibatch-std for group sizes <= 1; the 4x4 conv's input channels tell how many it appends.
     group_size = kw.get("mbstd_group_size", 4)
-    num_features = _require(tf_params, "4x4/Conv/weight", who).shape[2] - channels[4]
+    conv4_shape = _require(tf_params, "4x4/Conv/weight", who).shape  # [kh, kw, in = C4 + mbstd features, out = C4]
+    num_features = conv4_shape[2] - conv4_shape[3]
     num_features = kw.get("mbstd_num_features", num_features) if group_size is None or group_size > 1 else 0
     activation = kw.get("nonlinearity", "lrelu")
     kwargs = dnnlib.EasyDict(
@@ -436,13 +439,7 @@ def convert_discriminator(tf_D: TFNetworkStub, who: str = "D"):
     """TF D network -> (networks.Discriminator in eval mode, list of report lines for unused items)."""
     tf_params = collect_tf_params(tf_D)
     kwargs, report = discriminator_kwargs(tf_D, tf_params, who)
-    try:
-        D = networks.Discriminator(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConversionError(f"TF-era {who}: cannot build training.networks.Discriminator from {dict(kwargs)}: {e}")
-    used = _populate(D, tf_params, _discriminator_source, who)
-    report += _unused(tf_params, used, who)
-    return D.eval().requires_grad_(False), report
+    return _build_and_fill(networks.Discriminator, kwargs, tf_params, _discriminator_source, report, who)
 
 
 def convert_tf_pickle(data: tuple):

@@ -4,8 +4,4 @@
 # ADA bgc pipe, target 0.6, p adapted every 4 steps over 500 kimg (100 when resuming).
 # Usage: bash scripts/fewshot/ada.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train ada "$dataset" "$zip" --aug=ada "$@"
+fewshot_main ada --aug=ada -- "$@"

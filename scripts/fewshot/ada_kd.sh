@@ -4,8 +4,4 @@
 # KD-DLGAN on the ADA-augmented images.
 # Usage: bash scripts/fewshot/ada_kd.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train ada_kd "$dataset" "$zip" --aug=ada "${KD_DLGAN_OPTS[@]}" "$@"
+fewshot_main ada_kd --aug=ada "${KD_DLGAN_OPTS[@]}" -- "$@"

@@ -4,8 +4,4 @@
 # APA (target 0.6, 500 kimg) stacked on ADA as APA's README recommends (--with-dataaug).
 # Usage: bash scripts/fewshot/apa.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train apa "$dataset" "$zip" --aug=ada --apa "$@"
+fewshot_main apa --aug=ada --apa -- "$@"

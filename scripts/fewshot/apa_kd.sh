@@ -4,8 +4,4 @@
 # KD-DLGAN on D's real batch after pseudo-augmentation (some entries are detached fakes).
 # Usage: bash scripts/fewshot/apa_kd.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train apa_kd "$dataset" "$zip" --aug=ada --apa "${KD_DLGAN_OPTS[@]}" "$@"
+fewshot_main apa_kd --aug=ada --apa "${KD_DLGAN_OPTS[@]}" -- "$@"

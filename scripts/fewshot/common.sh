@@ -43,7 +43,22 @@ fewshot_kimg() {  # the DA low_shot schedule: 300 kimg for 100-shot, 500 kimg fo
     esac
 }
 
-# fewshot_train ROW DATASET ZIP [method options...] -- [extra user options...]
+# fewshot_main ROW [method options...] -- DATASET ZIP [extra user options...]: what every row script runs.
+fewshot_main() {
+    local row="$1" method=()
+    shift
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+        method+=("$1")
+        shift
+    done
+    [ $# -gt 0 ] && shift
+    [ $# -ge 2 ] || fewshot_usage
+    local dataset="$1" zip="$2"
+    shift 2
+    fewshot_train "$row" "$dataset" "$zip" "${method[@]}" "$@"
+}
+
+# fewshot_train ROW DATASET ZIP [method options...] [extra user options...]
 fewshot_train() {
     local row="$1" dataset="$2" zip="$3"
     shift 3

@@ -4,8 +4,4 @@
 # DiffAugment color,translation,cutout on every image D sees (the lowshot preset's default).
 # Usage: bash scripts/fewshot/da.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train da "$dataset" "$zip" --aug=diffaug "$@"
+fewshot_main da --aug=diffaug -- "$@"

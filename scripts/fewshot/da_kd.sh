@@ -4,8 +4,4 @@
 # KD-DLGAN (AGKD + CGKD, weight 10 each) on the DiffAugmented images.
 # Usage: bash scripts/fewshot/da_kd.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train da_kd "$dataset" "$zip" --aug=diffaug "${KD_DLGAN_OPTS[@]}" "$@"
+fewshot_main da_kd --aug=diffaug "${KD_DLGAN_OPTS[@]}" -- "$@"

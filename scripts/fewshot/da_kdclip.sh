@@ -4,8 +4,4 @@
 # Plain CLIP feature distillation (FitNets through D's projection head, weight 10) instead of AGKD + CGKD.
 # Usage: bash scripts/fewshot/da_kdclip.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train da_kdclip "$dataset" "$zip" --aug=diffaug "${KD_CLIP_OPTS[@]}" "$@"
+fewshot_main da_kdclip --aug=diffaug "${KD_CLIP_OPTS[@]}" -- "$@"

@@ -4,8 +4,4 @@
 # InsGen on ADA: real + fake instance discrimination (queues of 5% of the images, x2 with mirror), G term 0.1.
 # Usage: bash scripts/fewshot/insgen.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train insgen "$dataset" "$zip" --aug=ada --insgen "$@"
+fewshot_main insgen --aug=ada --insgen -- "$@"

@@ -4,8 +4,4 @@
 # KD-DLGAN added to D's main loss next to the contrastive terms.
 # Usage: bash scripts/fewshot/insgen_kd.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train insgen_kd "$dataset" "$zip" --aug=ada --insgen "${KD_DLGAN_OPTS[@]}" "$@"
+fewshot_main insgen_kd --aug=ada --insgen "${KD_DLGAN_OPTS[@]}" -- "$@"

@@ -5,8 +5,4 @@
 # (default 3e-7), EMA decay 0.99.
 # Usage: bash scripts/fewshot/lecam.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train lecam "$dataset" "$zip" --aug=diffaug --lecam="$LECAM_WEIGHT" "$@"
+fewshot_main lecam --aug=diffaug --lecam="$LECAM_WEIGHT" -- "$@"

@@ -4,8 +4,4 @@
 # KD-DLGAN added alongside the LeCam term.
 # Usage: bash scripts/fewshot/lecam_kd.sh DATASET ZIP [train.py options...]   (recipe and environment: common.sh)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[ $# -ge 2 ] || fewshot_usage
-dataset="$1"
-zip="$2"
-shift 2
-fewshot_train lecam_kd "$dataset" "$zip" --aug=diffaug --lecam="$LECAM_WEIGHT" "${KD_DLGAN_OPTS[@]}" "$@"
+fewshot_main lecam_kd --aug=diffaug --lecam="$LECAM_WEIGHT" "${KD_DLGAN_OPTS[@]}" -- "$@"
