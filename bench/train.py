@@ -13,6 +13,11 @@ own Timing/* stats). Never asserts on time; other processes on the machine infla
     python bench/train.py                         # tiny and cifar presets at 32x32, kernels and ref
     python bench/train.py --presets tiny --steps 8 --threads 1
     python bench/train.py --presets cifar --ops ref --malloc tuned,default   # the loop's mallopt vs glibc's
+    python bench/train.py --presets cifar --profile   # + where one step's CPU time goes, by op family
+
+--profile runs one more plain step under torch.profiler and prints each op family's share of the
+self CPU time (convolutions, matmuls, our bias_act/upfirdn2d kernels, element-wise math, the rest):
+the kernels can only speed up what is not convolution.
 """
 
 import argparse
@@ -78,6 +83,7 @@ def child(args):
     sys_share = (after.ru_stime - usage.ru_stime) / max(after.ru_utime - usage.ru_utime, 1e-9)
     plain = sum(times) / len(times)
     amortised = plain + greg / kwargs.G_reg_interval + dreg / kwargs.D_reg_interval
+    profile = profile_step(run) if args.profile else None
     kernels = bias_act._plugins.get("cpu") is not None and upfirdn2d._plugins.get("cpu") is not None
     malloc = "default" if os.environ.get("SG2KD_NO_MALLOPT") else "tuned"
     print(json.dumps(dict(preset=args.preset, ops="kernels" if kernels else "ref", malloc=malloc, sys_share=sys_share,
@@ -85,7 +91,32 @@ def child(args):
                           batch_gpu=kwargs.batch_gpu, threads=torch.get_num_threads(), warmup_s=warmup,
                           plain_step_s=plain, greg_s=greg, dreg_s=dreg,
                           sec_per_kimg=amortised / kwargs.batch_size * 1000,
-                          peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)))
+                          peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                          profile=profile)))
+
+
+OP_FAMILIES = (  # (family, substrings of profiler event names), first match wins
+    ("convolution", ("conv", "mkldnn")),
+    ("matmul", ("addmm", "aten::mm", "aten::bmm", "aten::matmul")),
+    ("bias_act kernel", ("biasact", "bias_act")),
+    ("upfirdn2d kernel", ("upfirdn",)),
+    ("element-wise", ("aten::mul", "aten::add", "aten::pow", "aten::sum", "aten::div", "aten::sub", "aten::copy_",
+                      "aten::where", "aten::leaky_relu", "aten::sqrt", "aten::rsqrt", "aten::mean")),
+)
+
+
+def profile_step(run):
+    """{family: share of self CPU time} of one plain training step (OP_FAMILIES, plus 'other')."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run.steps.step(run)
+    shares, total = {}, 0.0
+    for event in prof.key_averages():
+        name = event.key.lower()
+        family = next((fam for fam, keys in OP_FAMILIES if any(k in name for k in keys)), "other")
+        shares[family] = shares.get(family, 0.0) + event.self_cpu_time_total
+        total += event.self_cpu_time_total
+    return {family: value / max(total, 1e-9) for family, value in shares.items()}
 
 
 def run_child(args, preset, ops, malloc, data, outdir):
@@ -98,6 +129,7 @@ def run_child(args, preset, ops, malloc, data, outdir):
         env["SG2KD_NO_MALLOPT"] = "1"  # the loop then leaves glibc's malloc settings alone
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--preset", preset, "--data", data, "--outdir", outdir,
            "--steps", str(args.steps), "--threads", str(args.threads), "--aug", args.aug]
+    cmd += ["--profile"] if args.profile else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -133,6 +165,7 @@ def main():
     parser.add_argument("--malloc", default="tuned", help="comma list: tuned (the loop's mallopt), default (glibc's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--aug", default="ada", help="--aug of train.py (ada, noaug, diffaug)")
+    parser.add_argument("--profile", action="store_true", help="also print each op family's share of one step")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -155,6 +188,10 @@ def main():
                     print(f"  {preset}/{ops}/{malloc}: done ({time.strftime('%H:%M:%S')})", flush=True)
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print_table(results)
+    for r in results:
+        if r.get("profile"):
+            parts = sorted(r["profile"].items(), key=lambda item: -item[1])
+            print(f"{r['preset']}/{r['ops']}: " + ", ".join(f"{fam} {100 * share:.1f}%" for fam, share in parts))
 
 
 if __name__ == "__main__":
