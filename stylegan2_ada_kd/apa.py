@@ -26,6 +26,7 @@ import click
 import torch
 
 from torch_utils import training_stats
+from training.training_setup import ada_adjust
 
 PSEUDO_SOURCES = ("gmain", "dmain")
 
@@ -92,7 +93,7 @@ class APA(torch.nn.Module):
             count, total = int(stats[0]), int(stats[1])
             if count > 0:
                 sign_mean = total / count
-                p = adjust_p(float(self.p), sign_mean, float(self.target), batch_size, int(self.interval),
+                p = ada_adjust(float(self.p), sign_mean, float(self.target), batch_size, int(self.interval),
                              float(self.kimg))
                 self.p.fill_(p)  # fill_ keeps float64 (as_tensor would round through float32)
                 training_stats.report("APA/sign_real", sign_mean)
@@ -108,12 +109,6 @@ def mix_pseudo(real_img, pseudo_img, p):
     """
     replace = torch.rand([real_img.shape[0], 1, 1, 1], device=real_img.device) < p.to(real_img.device)
     return torch.where(replace, pseudo_img, real_img)
-
-
-def adjust_p(p, sign_mean, target, batch_size, interval, kimg):
-    """ADA's rule: p + sign(sign_mean - target) * batch_size * interval / (kimg * 1000), clamped to [0, 1]."""
-    step = (1.0 if sign_mean > target else -1.0 if sign_mean < target else 0.0) * batch_size * interval / (kimg * 1000)
-    return min(max(p + step, 0.0), 1.0)
 
 
 # ----------------------------------------------------------------------------

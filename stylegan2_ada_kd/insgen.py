@@ -157,7 +157,7 @@ class InsGen(torch.nn.Module):
     # ------------------------------------------------------------------ hooks
 
     def d_loss(self, real_img, real_c, real_logits, real_feats, gen_img, gen_c, gen_logits, gen_feats, gen_z,
-               real_raw, gen_raw):
+               real_raw, gen_raw, gen_ws=None):
         """real_weight * L_real + fake_weight * L_fake (scalar); the keys wait for after_step's enqueue."""
         del real_img, real_logits, gen_img, gen_logits, gen_raw
         total = 0
@@ -168,15 +168,27 @@ class InsGen(torch.nn.Module):
             self._pending["real"].append(key)
             total = total + self.real_weight * loss
         if self.fake_weight > 0:
-            with torch.no_grad():
-                noise = torch.randn_like(gen_z) * self.z_noise_std
-                second_view = self.ctx.run_G(gen_z + noise, gen_c)
-            key = self._keys(self.momentum_fake_head, second_view, gen_c)
+            key = self._keys(self.momentum_fake_head, self._second_fake_view(gen_z, gen_c, gen_ws), gen_c)
             loss = info_nce(self._query(self.fake_head, gen_feats), key, self.fake_queue, self.temperature)
             training_stats.report("Loss/insgen/fake", loss.detach())
             self._pending["fake"].append(key)
             total = total + self.fake_weight * loss
         return total if torch.is_tensor(total) else None
+
+    @torch.no_grad()
+    def _second_fake_view(self, gen_z, gen_c, gen_ws):
+        """G(z + N(0, z_noise_std^2)) [N, C, H, W]: the same instance as the fake that made gen_ws.
+
+        gen_ws [N, num_ws, w_dim] or None: the loss's latents, style-mixed in some layers. The z
+        perturbation moves every layer by mapping(z + d) - mapping(z), so layers taken from the
+        mixing latent stay that latent's (plus the same shift) and the pair remains one instance.
+        """
+        noise = torch.randn_like(gen_z) * self.z_noise_std
+        if gen_ws is None:
+            return self.ctx.run_G(gen_z + noise, gen_c)
+        mapping = self.ctx.G.mapping
+        shift = mapping(gen_z + noise, gen_c, skip_w_avg_update=True) - mapping(gen_z, gen_c, skip_w_avg_update=True)
+        return self.ctx.G.synthesis(gen_ws + shift)
 
     def _g_loss(self, gen_img, gen_c, gen_logits, gen_feats, gen_z, gen_raw):
         """g_weight * InfoNCE of G's fakes against a second augmentation of themselves (fake queue, read only).

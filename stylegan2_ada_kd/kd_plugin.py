@@ -20,6 +20,7 @@ train.py options (CLI_OPTIONS): --kd, --kd-weight, --kd-weights, --kd-dist, --kd
 --kd-interval, --kd-pd-weight, --prompts, --teacher, --teacher-ckpt, --teacher-cache.
 """
 
+import math
 import os
 
 import click
@@ -27,7 +28,8 @@ import torch
 
 from stylegan2_ada_kd import kd
 from stylegan2_ada_kd.heads import ProjectionHead
-from stylegan2_ada_kd.teacher import DEFAULT_TEACHER, PREPROCESS_MODES, TeacherError, parse_teacher_spec
+from stylegan2_ada_kd.teacher import (DEFAULT_TEACHER, PREPROCESS_MODES, TeacherError, parse_teacher_spec,
+                                      resolve_model_name)
 from torch_utils import training_stats
 
 TERMS = ("agkd", "cgkd", "fitnets", "ld", "pkd", "spkd")
@@ -234,7 +236,7 @@ def parse_term_weights(text, terms):
             number = float(value)
         except ValueError:
             number = -1.0
-        if not sep or term not in terms or term in weights or number < 0:
+        if not sep or term not in terms or term in weights or not (0 <= number < math.inf):
             raise _bad("--kd-weights", f"{item!r}: use TERM=WEIGHT (weight >= 0) for terms given to --kd "
                                        f"({', '.join(terms)}), each once")
         weights[term] = number
@@ -263,15 +265,17 @@ def make_plugin_kwargs(opts, context):
         return []
     terms = parse_terms(opts["kd"])
     spec = opts.get("teacher") or DEFAULT_TEACHER
-    try:
+    ckpt, cache = opts.get("teacher_ckpt"), opts.get("teacher_cache")
+    try:  # an unknown model, a missing config file or no weights fail here, before any run directory exists
         model, tag = parse_teacher_spec(spec)
+        name = resolve_model_name(model)
     except TeacherError as exc:
         raise _bad("--teacher", exc.message) from None
+    if tag is None and ckpt is None and name == model and not model.lower().endswith(".json"):
+        raise _bad("--teacher", f"{spec!r} names no weights; pass {model}:TAG (see open_clip.list_pretrained()), "
+                                f"--teacher-ckpt=PATH, or {model}:random")
     if model.lower().endswith(".json"):  # a model-config file: absolute, so every process finds it
-        if not os.path.isfile(model):
-            raise _bad("--teacher", f"model config {model} does not exist; pass an existing JSON file or a model name")
         spec = os.path.abspath(model) + (f":{tag}" if tag else "")
-    ckpt, cache = opts.get("teacher_ckpt"), opts.get("teacher_cache")
     if ckpt is not None and not os.path.isfile(ckpt):
         raise _bad("--teacher-ckpt", f"{ckpt} does not exist; pass a local weights file for the teacher model")
     weight = DEFAULT_WEIGHT if opts.get("kd_weight") is None else float(opts["kd_weight"])

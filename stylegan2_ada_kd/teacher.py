@@ -57,7 +57,7 @@ def parse_teacher_spec(spec):
     return model, (tag or None)
 
 
-def _model_name(model):
+def resolve_model_name(model):
     """Register a model-config JSON file with open_clip (name = its stem); check plain names exist."""
     import open_clip
 
@@ -97,7 +97,7 @@ def load_clip_model(model, tag=None, ckpt=None, cache_dir=None):
     """An open_clip CLIP model on the CPU, fp32, eval, frozen; raises TeacherError (one line) on failure."""
     import open_clip
 
-    name = _model_name(model)
+    name = resolve_model_name(model)
     label = f"{name}:{tag}" if tag else name
     weights_only = True
     if ckpt is not None:

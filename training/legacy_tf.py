@@ -274,18 +274,17 @@ def _populate(module: torch.nn.Module, tf_params: dict, source_fn, who: str) -> 
 
 
 def _rename_lod_torgb(tf_params: dict, img_resolution: int) -> dict:
-    """Some TF synthesis networks name their ToRGB layers 'ToRGB_lod{n}' (n = log2(R_max / R))."""
-    renamed = {}
-    for name, value in tf_params.items():
-        m = re.fullmatch(r"synthesis/ToRGB_lod(\d+)/(.*)", name)
-        if m:
-            res = img_resolution // 2 ** int(m[1])
-            name = f"synthesis/{res}x{res}/ToRGB/{m[2]}"
-        renamed[name] = value
-    return renamed
+    """Progressive ('orig') TF synthesis networks have 'ToRGB_lod{n}' layers (n = log2(R_max / R)); only the
+    final one (lod0) is used at full resolution: it becomes '{R}x{R}/ToRGB', the others stay (reported unused)."""
+    return {f"synthesis/{img_resolution}x{img_resolution}/ToRGB/{name.rsplit('/', 1)[1]}"
+            if re.fullmatch(r"synthesis/ToRGB_lod0/[^/]+", name) else name: value
+            for name, value in tf_params.items()}
 
 
 def _generator_architecture(tf_params: dict) -> str:
+    """From variable names (after _rename_lod_torgb): lod ToRGB layers mean a progressive 'orig' network."""
+    if any(name.startswith("synthesis/ToRGB_lod") for name in tf_params):
+        return "orig"
     if any(re.fullmatch(r"synthesis/\d+x\d+/Skip/weight", name) for name in tf_params):
         return "resnet"
     return "skip" if "synthesis/4x4/ToRGB/weight" in tf_params else "orig"
@@ -364,9 +363,13 @@ def _build_and_fill(cls, kwargs, tf_params, source_fn, report, who):
     return net.eval().requires_grad_(False), report + _unused(tf_params, used, who)
 
 
+# TF variables that hold no weights of the converted network: G_main's progressive-growing level of detail.
+_IGNORED_VARIABLES = {"lod"}
+
+
 def _unused(tf_params: dict, used: set, who: str) -> list:
     return [f"{who} variable '{name}' {tuple(np.shape(value))} has no place in training.networks; ignored"
-            for name, value in tf_params.items() if name not in used]
+            for name, value in tf_params.items() if name not in used and name not in _IGNORED_VARIABLES]
 
 
 # ----------------------------------------------------------------------------

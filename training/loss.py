@@ -39,11 +39,12 @@ takes **kwargs). N = batch_gpu, images are float [N, C, H, W] in about [-1, 1].
         in the R1 pass (Dreg) of the same step (cached per real batch until `after_step`).
         Plugins chain in list order.
     d_loss(real_img, real_c, real_logits, real_feats, gen_img, gen_c, gen_logits, gen_feats, gen_z;
-        optional real_raw, gen_raw) -> Tensor or None: Dmain only (also Dboth). *_img: the images
-        exactly as D saw them (after augment_real and A),
+        optional real_raw, gen_raw, gen_ws) -> Tensor or None: Dmain only (also Dboth). *_img: the
+        images exactly as D saw them (after augment_real and A),
         *_raw: the same batches before A (reals after augment_real), *_logits [N, 1], *_feats
-        dicts or None, gen_z [N, z_dim]. The result (averaged if not a scalar) is added to D's loss.
-    g_loss(gen_img, gen_c, gen_logits, gen_feats, gen_z; optional gen_raw) -> Tensor or None: Gmain
+        dicts or None, gen_z [N, z_dim], gen_ws [N, num_ws, w_dim] the (style-mixed) latents that
+        made gen_raw = G.synthesis(gen_ws). The result (averaged if not a scalar) is added to D's loss.
+    g_loss(gen_img, gen_c, gen_logits, gen_feats, gen_z; optional gen_raw, gen_ws) -> Tensor or None: Gmain
         (also Gboth); gen_img as D saw it and gen_raw = G(z) before A, both with their graph back to
         G. Added to G's loss. D and the plugin's own parameters do not train in G phases.
     observe_logits(phase, real_logits, gen_logits): every D pass without changing the backward
@@ -238,7 +239,7 @@ class StyleGAN2Loss:
     def _g_main(self, gen_z, gen_c, gain):
         with torch.autograd.profiler.record_function("Gmain_forward"):
             feats_wanted = self._wants_features("g_loss")
-            gen_img, _ = self.run_G(gen_z, gen_c)
+            gen_img, gen_ws = self.run_G(gen_z, gen_c)
             gen_seen = self.augment(gen_img)
             gen_logits, gen_feats = self._run_D(gen_seen, gen_c, feats_wanted)
             training_stats.report("Loss/scores/fake", gen_logits)
@@ -248,7 +249,8 @@ class StyleGAN2Loss:
             total = loss_g.mean()
             for plugin in self._with_hook("g_loss"):
                 term = self._call(plugin, "g_loss", dict(gen_img=gen_seen, gen_c=gen_c, gen_logits=gen_logits,
-                                                         gen_feats=gen_feats, gen_z=gen_z), dict(gen_raw=gen_img))
+                                                         gen_feats=gen_feats, gen_z=gen_z),
+                                  dict(gen_raw=gen_img, gen_ws=gen_ws))
                 if term is not None:
                     total = total + term.mean()
         with torch.autograd.profiler.record_function("Gmain_backward"):
@@ -282,13 +284,14 @@ class StyleGAN2Loss:
         if do_main:
             with torch.autograd.profiler.record_function("Dgen_forward"):
                 with torch.no_grad():  # D phases never train G
-                    gen_img, _ = self.run_G(gen_z, gen_c)
+                    gen_img, gen_ws = self.run_G(gen_z, gen_c)
                 gen_seen = self.augment(gen_img)
                 gen_logits, gen_feats = self._run_D(gen_seen, gen_c, feats_wanted)
                 training_stats.report("Loss/scores/fake", gen_logits)
                 training_stats.report("Loss/signs/fake", gen_logits.sign())
                 loss_gen = torch.nn.functional.softplus(gen_logits)
-                fake = dnnlib.EasyDict(raw=gen_img, seen=gen_seen, logits=gen_logits, feats=gen_feats, loss=loss_gen)
+                fake = dnnlib.EasyDict(raw=gen_img, ws=gen_ws, seen=gen_seen, logits=gen_logits, feats=gen_feats,
+                                      loss=loss_gen)
             if not d_plugins:
                 with torch.autograd.profiler.record_function("Dgen_backward"):
                     loss_gen.mean().mul(gain).backward()
@@ -324,7 +327,8 @@ class StyleGAN2Loss:
         for plugin in plugins:
             args = dict(real_img=real.seen, real_c=real_c, real_logits=real.logits, real_feats=real.feats,
                         gen_img=fake.seen, gen_c=gen_c, gen_logits=fake.logits, gen_feats=fake.feats, gen_z=gen_z)
-            term = self._call(plugin, "d_loss", args, dict(real_raw=real.raw.detach(), gen_raw=fake.raw))
+            optional = dict(real_raw=real.raw.detach(), gen_raw=fake.raw, gen_ws=fake.ws)
+            term = self._call(plugin, "d_loss", args, optional)
             if term is not None:
                 total = total + term.mean()
         return total

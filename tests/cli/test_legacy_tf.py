@@ -249,3 +249,27 @@ def test_convert_cli_and_force_fp16_on_tf_pickle(tmp_path, monkeypatch, pure_pyt
     assert data["D"].init_kwargs["conv_clamp"] == 256
     z, c = torch.randn(2, 8), torch.eye(3)[:2]
     torch.testing.assert_close(data["G_ema"](z, c, noise_mode="const"), G(z, c, noise_mode="const"))
+
+
+def test_progressive_lod_torgb_network_converts_as_orig(tmp_path, monkeypatch, pure_pytorch_ops):
+    """No 'architecture' kwarg, 'ToRGB_lod{n}' names and G_main's 'lod' (StyleGAN2 configs B-D): 'orig', exact."""
+    G, D = _make_nets("orig", "orig", 0, 16)
+
+    def progressive(top, mapping, synthesis):
+        for suffix in ("weight", "bias", "mod_weight", "mod_bias"):
+            synthesis[f"ToRGB_lod0/{suffix}"] = synthesis.pop(f"16x16/ToRGB/{suffix}")
+        synthesis["ToRGB_lod1/weight"] = np.ones([1, 1, 16, 3], np.float32)  # 8x8 output, unused at full res
+        top["lod"] = np.float32(0)
+
+    g_static = {k: v for k, v in _static("orig", 0, 16, True).items() if k != "architecture"}
+    tf_G = _tf_generator(G, dict(g_static, latent_size=8, dlatent_size=8, mapping_layers=2), progressive)
+    d_static = dict(_static("orig", 0, 16, True), mbstd_group_size=2)
+    path = _write_tf_pickle(tmp_path / "tf.pkl", monkeypatch, tf_G, _Network("D", d_static, _tf_discriminator_vars(D)),
+                            tf_G)
+    with pytest.warns(legacy.TFConversionWarning) as record:
+        data = legacy.load_network_pkl_from(path)
+    messages = " ".join(str(r.message) for r in record)
+    assert "ToRGB_lod1/weight" in messages and "'lod'" not in messages
+    assert data["G_ema"].init_kwargs["synthesis_kwargs"]["architecture"] == "orig"
+    z = torch.randn(2, 8)
+    assert torch.equal(data["G_ema"](z, None, noise_mode="const"), G(z, None, noise_mode="const"))

@@ -133,3 +133,29 @@ def test_options():
         insgen.make_plugin_kwargs({"insgen_queue": 64}, context)
     assert insgen.run_desc({"insgen": True}) == "insgen" and insgen.run_desc({}) == ""
     assert insgen.run_desc({"insgen": True, "insgen_no_g": True}) == "insgen-nog"
+
+
+def test_second_fake_view_is_the_same_instance_under_style_mixing(pure_pytorch_ops):
+    """The key view of a style-mixed fake is that fake (z noise 0), and G(z + d) when nothing is mixed."""
+    from training.networks import Generator
+
+    G = Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=8, img_channels=3, mapping_kwargs=dict(num_layers=2),
+                  synthesis_kwargs=dict(channel_base=64, channel_max=8))
+    plugin = insgen.InsGen(queue_size=4)
+    plugin.ctx = dnnlib.EasyDict(G=G, run_G=None)
+    z, z_mix, c = torch.randn([3, 8]), torch.randn([3, 8]), torch.zeros([3, 0])
+    with torch.no_grad():
+        ws = G.mapping(z, c)
+        mixed = torch.cat([ws[:, :2], G.mapping(z_mix, c)[:, 2:]], dim=1)
+        plugin.z_noise_std = 0.0
+        torch.manual_seed(1)
+        view = plugin._second_fake_view(z, c, mixed)
+        torch.manual_seed(1)
+        torch.randn_like(z)  # the plugin's z-noise draw, so both syntheses draw the same noise inputs
+        assert torch.allclose(view, G.synthesis(mixed), atol=1e-6)  # the query fake itself, not G(z)
+        plugin.z_noise_std = 0.15
+        torch.manual_seed(2)
+        view = plugin._second_fake_view(z, c, ws)
+        torch.manual_seed(2)
+        shifted = z + torch.randn_like(z) * 0.15
+        assert torch.allclose(view, G.synthesis(G.mapping(shifted, c)), atol=1e-5)

@@ -209,6 +209,10 @@ def test_plugin_kwargs_from_options(tiny_clip, tmp_path):
     (dict(kd="agkd", teacher_ckpt="/no/such/vitb32.pt"), "--teacher-ckpt", "/no/such/vitb32.pt does not exist"),
     (dict(kd="agkd", prompts="/no/such/prompts.txt"), "--prompts", "/no/such/prompts.txt"),
     (dict(kd="agkd", teacher="/no/such/tiny.json"), "--teacher", "does not exist"),
+    (dict(kd="agkd", kd_weights="agkd=nan"), "--kd-weights", "TERM=WEIGHT"),
+    (dict(kd="agkd", kd_weights="agkd=inf"), "--kd-weights", "TERM=WEIGHT"),
+    (dict(kd="agkd", teacher="ViT-B-32"), "--teacher", "names no weights"),
+    (dict(kd="agkd", teacher="NoSuchModel:openai"), "--teacher", "unknown open_clip model"),
 ])
 def test_option_errors_name_the_option(given, option, text):
     with pytest.raises(click.BadParameter) as info:

@@ -3,8 +3,8 @@
 Each combination in COMBINATIONS (DA, ADA, APA, LeCam, InsGen and all three baselines stacked,
 each also with KD-DLGAN when the KD plugin is present) goes through
 `train_options.build_training_setup` with the real plugin modules, then trains one tick on the CPU
-with tiny networks. Each baseline alone, DA + KD and the three stacked (plus KD) also resume exactly: 6 steps straight ==
-3 steps, stop, resume from the training state (through the option builder again, as
+with tiny networks. Each baseline alone, DA + KD and the three stacked (plus KD) also resume
+exactly: 6 steps straight == 3 steps, stop, resume from the training state (through the option builder again, as
 `--resume=...pt`), 3 more; and run on two gloo processes, where APA's p and InsGen's queues must
 stay identical on both ranks.
 """
