@@ -32,6 +32,7 @@ import dnnlib
 import legacy
 from metrics import detectors, metric_main, metric_utils
 from torch_utils import distributed
+from training.train_options import parse_metrics
 
 _ERRORS = (OSError, ValueError, legacy.NetworkPickleError)  # MetricError, DatasetError, DownloadError among them
 
@@ -40,16 +41,6 @@ def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _parse_metrics(text):
-    names = [] if text.strip().lower() == "none" else [n.strip() for n in text.split(",") if n.strip()]
-    for name in names:
-        if not metric_main.is_valid_metric(name):
-            raise click.BadParameter(f"unknown metric {name!r}; use a comma list of "
-                                     f"{', '.join(metric_main.list_valid_metrics())} (or another count, e.g. "
-                                     "fid10k_full), or none", param_hint="'--metrics'")
-    return names
 
 
 def _load(network_pkl):
@@ -146,15 +137,17 @@ def _resolve_device(device, gpus):
 @click.option("--verbose", type=bool, default=True, show_default=True, metavar="BOOL", help="Progress bars")
 def calc_metrics(network_pkl, metrics, data, metric_data, mirror, gpus, detector_path, device, verbose):
     """Evaluate metrics of a network pickle (help text: the module docstring)."""
-    names = _parse_metrics(metrics)
+    names = parse_metrics(metrics)
     device = _resolve_device(device, gpus)
     if verbose:
         click.echo(f'Loading network from "{network_pkl}"...')
     network_data = _load(network_pkl)
     dataset_kwargs = _dataset_kwargs(network_data, data, mirror)
-    needs_reals = any(not name.startswith(("is", "ppl")) for name in names)
+    needs_reals = any(metric_main.needs_reference(name, network_data["G_ema"]) for name in names)
     if needs_reals and dataset_kwargs is None and metric_data is None:
         raise click.ClickException(f"{network_pkl} records no training set; pass --data (or --metric-data)")
+    if not needs_reals:  # is*/ppl* of an unconditional G: a recorded training set need not exist here
+        dataset_kwargs = metric_data = None
     try:
         _precheck(names, network_data["G_ema"], dataset_kwargs, metric_data, detector_path, verbose)
     except _ERRORS as exc:

@@ -78,6 +78,13 @@ def parse_metric_name(name):
     return None
 
 
+def needs_reference(name, G):
+    """Does metric `name` read a dataset for G? fid/kid/pr compare with reals; every metric of a conditional
+    G samples its labels from the dataset; is/ppl of an unconditional G need none."""
+    parsed = parse_metric_name(name)
+    return parsed is None or parsed[0] in ("fid", "kid", "pr") or getattr(G, "c_dim", 0) > 0
+
+
 def _run(name, opts):
     """Results dict of an any-count metric name (the *_full dataset override is applied by calc_metric)."""
     family, kwargs = parse_metric_name(name)
@@ -246,7 +253,9 @@ def calc_metric(metric, G=None, dataset_kwargs=None, num_gpus=1, rank=0, device=
     fn = _metric_fn(metric)
     parsed = parse_metric_name(metric)
     full = bool(parsed and parsed[1].get("full"))
-    reference = reference_dataset_kwargs(G, dataset_kwargs, metric_data, full=full)
+    reference = None
+    if needs_reference(metric, G):
+        reference = reference_dataset_kwargs(G, dataset_kwargs, metric_data, full=full)
     opts = metric_utils.MetricOptions(G=G, dataset_kwargs=reference, num_gpus=num_gpus, rank=rank, device=device,
                                       verbose=verbose, inception_path=detector_path, vgg16_path=vgg16_path, **kwargs)
     if reference is not None and G is not None:

@@ -21,6 +21,7 @@ import torch
 
 import dnnlib
 from metrics import detectors
+from training.dataset_io import list_folder_images
 from metrics.detectors import DetectorError  # noqa: F401  (re-exported: callers catch it from here)
 
 _content_hashes = {}  # (path, file signature) -> hash; a dataset is hashed once per process
@@ -201,17 +202,14 @@ class FeatureStats:
 
 
 def _dataset_files(path):
-    """[(relative name, absolute path)] of every non-hidden file of a dataset folder, or the zip itself."""
+    """[(relative name, absolute path)] of what the dataset reads: the zip itself, or a folder's images
+    (the loader's own listing, symlinks followed) plus its dataset.json."""
     if os.path.isfile(path):
         return [(os.path.basename(path), path)]
-    files = []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in names:
-            if not name.startswith("."):
-                full = os.path.join(root, name)
-                files.append((os.path.relpath(full, path).replace(os.sep, "/"), full))
-    return sorted(files)
+    names = list_folder_images(path)
+    if os.path.isfile(os.path.join(path, "dataset.json")):
+        names.append("dataset.json")
+    return sorted((name, os.path.join(path, *name.split("/"))) for name in names)
 
 
 def dataset_content_hash(path):

@@ -43,11 +43,12 @@ def _latent_pairs(opts, G, count, space, sampling, epsilon, gen):
 
 
 def _to_lpips_input(img, crop):
-    """G output `[2N, C, H, W]` in [-1, 1] -> float RGB in [0, 255], face-cropped and at most 256 px."""
+    """G output `[2N, C, H, W]` in [-1, 1] -> float RGB in [0, 255], face-cropped, then box-downsampled by
+    H // 256 (the factor of the FULL image, as the reference: a cropped 1024 image ends at 128 px)."""
+    factor = img.shape[2] // 256
     if crop:
         side = img.shape[2] // 8
         img = img[:, :, side * 3:side * 7, side * 2:side * 6]
-    factor = img.shape[2] // 256
     if factor > 1:  # box-downsample large images to the resolution LPIPS was calibrated at
         img = img.reshape(img.shape[0], img.shape[1], img.shape[2] // factor, factor,
                           img.shape[3] // factor, factor).mean(dim=[3, 5])
@@ -62,7 +63,7 @@ def path_distances(opts, start, stop, batch_index, space, sampling, epsilon, cro
     gen = metric_utils.batch_generator(opts, batch_index)
     with torch.no_grad():
         ws = _latent_pairs(opts, G, stop - start, space, sampling, epsilon, gen)
-        img = G.synthesis(ws, noise_mode="const")
+        img = G.synthesis(ws, noise_mode="const", force_fp32=True)  # fp16 rounding would swamp eps = 1e-4
         lpips = detector(_to_lpips_input(img, crop), **LPIPS)
     lpips_t0, lpips_t1 = lpips[0::2], lpips[1::2]
     return (lpips_t0 - lpips_t1).square().sum(dim=1).to(torch.float32) / epsilon ** 2

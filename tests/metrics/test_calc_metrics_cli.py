@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -111,3 +112,14 @@ def test_one_line_errors(setup, tmp_path, monkeypatch):
     monkeypatch.setenv("DNNLIB_OFFLINE", "1")
     monkeypatch.delenv("SG2KD_INCEPTION_PATH", raising=False)
     _one_line_error(_run("--network", pkl, "--verbose", "false"), 1, "SG2KD_INCEPTION_PATH")
+
+
+def test_is_of_an_unconditional_net_needs_no_dataset_but_fid_does(setup):
+    """The pickle records a training set that is gone: is1k still runs, fid1k names the missing folder."""
+    _, pkl, data, detector = setup
+    shutil.rmtree(data)
+    result = _run("--network", pkl, "--metrics", "is1k", "--detector-path", detector)
+    assert result.exit_code == 0, result.output
+    assert _json_lines(result.output)[0]["results"]["is1k_mean"] >= 1
+    result = _run("--network", pkl, "--metrics", "fid1k", "--detector-path", detector)
+    assert result.exit_code != 0 and data in result.output and "Traceback" not in result.output

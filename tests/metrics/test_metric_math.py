@@ -203,3 +203,13 @@ def test_report_metric_appends_json_lines(tmp_path):
                           "timestamp"}
     assert first["snapshot_pkl"] == "network-snapshot-000040.pkl" and first["results"] == {"fid50k_full": 12.5}
     assert second["results"] == {"fid50k_full": 11.0} and second["timestamp"] >= first["timestamp"]
+
+
+def test_lpips_input_downsamples_by_the_full_resolution_factor():
+    from metrics.perceptual_path_length import _to_lpips_input
+
+    for res, crop, want in ((1024, True, 128), (1024, False, 256), (512, True, 128), (256, True, 128), (64, False, 64)):
+        out = _to_lpips_input(torch.zeros([2, 3, res, res]), crop)
+        assert tuple(out.shape) == (2, 3, want, want), (res, crop)
+    img = torch.arange(16.0).reshape(1, 1, 4, 4) / 8 - 1  # grayscale -> 3 channels, [-1, 1] -> [0, 255]
+    assert torch.allclose(_to_lpips_input(img, False)[0, 2], (img[0, 0] + 1) * 127.5)

@@ -281,3 +281,19 @@ def test_two_gloo_processes_gather_the_single_process_result(tmp_path, toy_detec
             assert out["gen"].shape == (21, 16) and np.allclose(out["gen"], gen, atol=1e-6)
             assert np.allclose(out["real"], real, atol=1e-6)
             assert np.allclose(out["mean"], real.astype(np.float64).mean(0), atol=1e-6)
+
+
+def test_content_hash_follows_symlinked_image_folders_and_ignores_non_images(tmp_path):
+    """Two datasets whose images sit behind symlinked folders hash apart; a stray non-image file changes nothing."""
+    src_a, _ = make_images(tmp_path / "src_a", 3)
+    src_b, _ = make_images(tmp_path / "src_b", 3, seed=5)
+    hashes = []
+    for name, src in (("a", src_a), ("b", src_b)):
+        root = tmp_path / f"link_{name}"
+        root.mkdir()
+        os.symlink(src, root / "images")
+        hashes.append(metric_utils.dataset_content_hash(str(root)))
+    assert hashes[0] != hashes[1]
+    before = metric_utils.dataset_content_hash(src_a)
+    (tmp_path / "src_a" / "notes.txt").write_text("not an image")
+    assert metric_utils.dataset_content_hash(src_a) == before
