@@ -34,7 +34,11 @@ seed_list, int_list = click_list(parse_seed_list), click_list(parse_int_list)
 
 def load_G_ema(network_pkl: str, device=None):
     """(G_ema on the device, torch.device) from a pickle path, URL or short name; one-line ClickException."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise click.BadParameter(f"{device!r} is not a torch device; use cpu, cuda or cuda:N",
+                                 param_hint="'--device'") from None
     click.echo(f'Loading networks from "{network_pkl}"...')
     try:
         return legacy.load_network_pkl_from(network_pkl)["G_ema"].to(device), device

@@ -161,6 +161,13 @@ def convert_network_pickle(source, dest, force_fp16):
     python legacy.py --source=network-snapshot-000100.pkl --dest=converted.pkl
     python legacy.py --source=stylegan2-ffhq-config-f.pkl --dest=stylegan2-ffhq-config-f-pt.pkl
     """
+    dest_dir = os.path.dirname(os.path.abspath(dest))
+    if os.path.isdir(dest) or not os.path.isdir(dest_dir):
+        raise click.BadParameter(f"{dest} is a folder or its folder does not exist; pass a file path in an existing "
+                                 "folder", param_hint="'--dest'")
+    if os.path.exists(source) and os.path.exists(dest) and os.path.samefile(source, dest):
+        raise click.BadParameter(f"{dest} is the --source file; write the conversion to a new file",
+                                 param_hint="'--dest'")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TFConversionWarning)
         try:
@@ -169,7 +176,10 @@ def convert_network_pickle(source, dest, force_fp16):
             raise click.ClickException(str(e))
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
-    save_network_pkl(data, dest)
+    try:
+        save_network_pkl(data, dest)
+    except OSError as e:
+        raise click.ClickException(f"{dest}: cannot write ({e.strerror or e}); choose another --dest") from None
     click.echo(f"Wrote {dest}")
 
 

@@ -14,7 +14,6 @@ once into the dnnlib cache; offline, pass --vgg16-path or set $SG2KD_VGG16_PATH 
 
 import copy
 import os
-import warnings
 
 import click
 import numpy as np
@@ -22,25 +21,8 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-import dnnlib
 from generate import load_G_ema, make_label, save_image, to_uint8_images
-
-PROJECTOR_VGG16_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
-PROJECTOR_VGG16_ENV = "SG2KD_VGG16_PATH"  # the same variable metrics/detectors.py reads
-
-
-def load_projector_vgg16(path_or_url: str = None, device="cpu") -> torch.jit.ScriptModule:
-    """The VGG16 LPIPS feature network: vgg16(img [N, 3, H, W] in 0..255, resize_images=False,
-    return_lpips=True) -> features [N, F]. Source: `path_or_url`, else $SG2KD_VGG16_PATH, else the
-    official URL (cached by dnnlib.util.open_url; offline, the error names the cache file to copy)."""
-    source = path_or_url or os.environ.get(PROJECTOR_VGG16_ENV) or PROJECTOR_VGG16_URL
-    with dnnlib.util.open_url(source) as f, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, but vgg16.pt is TorchScript
-        try:
-            return torch.jit.load(f, map_location=device).eval()
-        except RuntimeError as e:
-            raise OSError(f"{source}: not a TorchScript VGG16 file ({str(e).splitlines()[0]}); download "
-                          f"{PROJECTOR_VGG16_URL} again or pass the right file with --vgg16-path") from None
+from metrics import detectors
 
 
 def load_target(path: str, resolution: int, channels: int) -> np.ndarray:
@@ -100,7 +82,7 @@ def _w_stats(G, num_samples: int, label: torch.Tensor):
 def project(
     G,                              # generator (not modified: the projection works on a copy)
     target: torch.Tensor,           # target image [C, H, W], uint8 values 0..255, H = W = G.img_resolution
-    vgg16,                          # LPIPS feature network (load_projector_vgg16)
+    vgg16,                          # LPIPS feature network (metrics.detectors.get_detector('vgg16'))
     num_steps=1000,                 # optimisation steps
     w_avg_samples=10000,            # mapped samples for w_avg and w_std
     initial_learning_rate=0.1,      # peak Adam learning rate
@@ -183,11 +165,11 @@ def _save_video(path, G, target_uint8, projected_ws):
 @click.option("--target", "target_fname", type=click.Path(exists=True, dir_okay=False), required=True, metavar="FILE",
               help="Target image file to project (center-cropped and resized to the network's resolution)")
 @click.option("--num-steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimisation steps")
-@click.option("--seed", type=int, default=303, show_default=True, help="Random seed")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=303, show_default=True, help="Random seed")
 @click.option("--save-video", type=bool, default=True, show_default=True, help="Write proj.mp4 of the optimisation")
 @click.option("--class", "class_idx", type=click.IntRange(min=0), help="Class index (conditional networks)")
 @click.option("--vgg16-path", default=None, metavar="PATH",
-              help=f"VGG16 TorchScript file or URL [default: ${PROJECTOR_VGG16_ENV}, else the official URL]")
+              help=f"VGG16 TorchScript file or URL [default: ${detectors.VGG16_ENV}, else the official URL]")
 @click.option("--outdir", type=click.Path(file_okay=False), required=True, help="Where to save the outputs")
 @click.option("--device", default=None, help="torch device [default: cuda if available, else cpu]")
 def run_projection(network_pkl, target_fname, num_steps, seed, save_video, class_idx, vgg16_path, outdir, device):
@@ -198,7 +180,7 @@ def run_projection(network_pkl, target_fname, num_steps, seed, save_video, class
     torch.manual_seed(seed)
     G, device = load_G_ema(network_pkl, device)
     try:
-        vgg16 = load_projector_vgg16(vgg16_path, device)
+        vgg16 = detectors.get_detector("vgg16", vgg16_path, device)
     except OSError as e:
         raise click.ClickException(str(e)) from None
     label = make_label(G, class_idx, device)

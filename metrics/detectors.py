@@ -125,7 +125,7 @@ def local_file(kind, source, verbose=False):
     try:
         return dnnlib.util.open_url(source, return_filename=True, verbose=verbose)
     except (OSError, ValueError) as exc:
-        hint = "--detector-path or " if kind == "inception" else ""
+        hint = "--detector-path or " if kind == "inception" else "projector.py --vgg16-path or "
         raise DetectorError(f"{kind} detector: {exc} Offline, set {hint}${env} to a local copy "
                             f"(see calc_metrics.py --help)") from None
 

@@ -134,3 +134,10 @@ def test_local_file_named_like_a_short_name_wins(toy_pkl, tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(np.array(PIL.Image.open(tmp_path / "o" / "seed0002.png")),
                                   _expected_pixels(G, 2, torch.zeros(1, 0)))
+
+
+def test_bad_device_is_a_one_line_error(toy_pkl, tmp_path):
+    _, path = toy_pkl()
+    result = _run("--network", path, "--seeds", "0", "--device", "gpu", "--outdir", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "'gpu' is not a torch device" in result.output and "--device" in result.output
+    assert not (tmp_path / "out").exists()

@@ -167,3 +167,14 @@ def test_official_format_pickle_runs_embedded_networks_source(c_dim, architectur
     (grad,) = torch.autograd.grad(logits.sum(), img)
     (expected,) = torch.autograd.grad(D(img, c).sum(), img)
     torch.testing.assert_close(grad, expected)
+
+
+def test_convert_cli_refuses_bad_destinations_before_loading(tmp_path):
+    src = str(tmp_path / "src.pkl")
+    legacy.save_network_pkl(_snapshot(ToyGenerator()), src)
+    before = open(src, "rb").read()
+    for dest, text in ((src, "is the --source file"), (str(tmp_path), "is a folder"),
+                       (str(tmp_path / "no_dir" / "out.pkl"), "does not exist")):
+        result = CliRunner().invoke(legacy.convert_network_pickle, ["--source", src, "--dest", dest])
+        assert result.exit_code == 2 and text in result.output and "--dest" in result.output, dest
+    assert open(src, "rb").read() == before

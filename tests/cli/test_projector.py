@@ -13,6 +13,7 @@ import dnnlib
 import generate
 import legacy
 import projector
+from metrics import detectors
 from training import networks
 
 
@@ -24,7 +25,7 @@ class TinyLPIPS(torch.nn.Module):
         torch.manual_seed(3)
         self.conv = torch.nn.Conv2d(3, 4, kernel_size=3, stride=2)
 
-    def forward(self, img, resize_images: bool = True, return_lpips: bool = False):
+    def forward(self, img, resize_images: bool = True, return_lpips: bool = False, return_features: bool = False):
         features = torch.nn.functional.leaky_relu(self.conv(img / 127.5 - 1), 0.2).flatten(1)
         if return_lpips:
             features = features / features.square().sum(dim=1, keepdim=True).sqrt()
@@ -61,7 +62,7 @@ def test_project_lowers_the_loss_and_leaves_G_alone(tiny, vgg_path):
     G, _, target_path = tiny
     before = {name: t.clone() for name, t in G.state_dict().items()}
     target = torch.tensor(projector.load_target(target_path, 16, 3).transpose(2, 0, 1))
-    vgg16 = projector.load_projector_vgg16(vgg_path)
+    vgg16 = detectors.get_detector("vgg16", vgg_path)
     ws, losses = projector.project(G, target, vgg16, num_steps=40, w_avg_samples=500)
     assert ws.shape == (40, G.synthesis.num_ws, 8)
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
@@ -139,16 +140,16 @@ def test_bad_inputs(tiny, vgg_path, tmp_path, monkeypatch):
 
 def test_offline_vgg16_error_names_url_and_cache(monkeypatch):
     monkeypatch.setenv("DNNLIB_OFFLINE", "1")
-    monkeypatch.delenv(projector.PROJECTOR_VGG16_ENV, raising=False)
+    monkeypatch.delenv(detectors.VGG16_ENV, raising=False)
     with pytest.raises(OSError) as info:
-        projector.load_projector_vgg16()
-    assert projector.PROJECTOR_VGG16_URL in str(info.value)
-    assert dnnlib.util.url_cache_path(projector.PROJECTOR_VGG16_URL) in str(info.value)
+        detectors.get_detector("vgg16")
+    assert detectors.VGG16_URL in str(info.value)
+    assert dnnlib.util.url_cache_path(detectors.VGG16_URL) in str(info.value)
 
 
 def test_vgg16_path_from_environment(vgg_path, monkeypatch):
-    monkeypatch.setenv(projector.PROJECTOR_VGG16_ENV, vgg_path)
-    vgg16 = projector.load_projector_vgg16()
+    monkeypatch.setenv(detectors.VGG16_ENV, vgg_path)
+    vgg16 = detectors.get_detector("vgg16")
     img = torch.full([1, 3, 8, 8], 127.5)
     torch.testing.assert_close(vgg16(img, resize_images=False, return_lpips=True),
                                TinyLPIPS()(img, resize_images=False, return_lpips=True))

@@ -18,7 +18,8 @@ from training import train_options
 CONTRACT_KEYS = {
     "run_dir", "training_set_kwargs", "data_loader_kwargs", "G_kwargs", "D_kwargs", "G_opt_kwargs", "D_opt_kwargs",
     "loss_kwargs", "augment_kwargs", "augment_p", "ada_target", "ada_kimg", "ada_interval", "metrics",
-    "metric_dataset_kwargs", "random_seed", "num_gpus", "batch_size", "batch_gpu", "ema_kimg", "ema_rampup", "G_reg_interval", "D_reg_interval", "total_kimg",
+    "metric_dataset_kwargs", "random_seed", "num_gpus", "batch_size", "batch_gpu", "ema_kimg", "ema_rampup",
+    "G_reg_interval", "D_reg_interval", "total_kimg",
     "kimg_per_tick", "image_snapshot_ticks", "network_snapshot_ticks", "keep_last", "resume_pkl", "allow_partial",
     "cudnn_benchmark", "allow_tf32", "device", "grid_size",
 }
