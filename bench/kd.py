@@ -79,7 +79,6 @@ def make_losses(args, res, device):
 
 def timed_step(loss, D, rounds, device):
     """Seconds for one Dmain step made of `rounds` (real, c, z, c) batches; D's gradients cleared first."""
-    import torch
 
     D.zero_grad(set_to_none=True)
     for plugin in loss.plugins.values():
@@ -91,7 +90,6 @@ def timed_step(loss, D, rounds, device):
     sync(device)
     elapsed = time.perf_counter() - start
     loss.after_step(0, sum(r[0].shape[0] for r in rounds))
-    del torch
     return elapsed
 
 
@@ -108,6 +106,8 @@ def measure(args, res, batch, device):
 
     plain, with_kd, cfg, G, D = make_losses(args, res, device)
     batch_gpu = args.batch_gpu or (min(batch, 8) if res >= 128 else batch)
+    if batch % batch_gpu:
+        raise SystemExit(f"--batch {batch} is not a multiple of the batch per round {batch_gpu}; change --batch-gpu")
     gen = torch.Generator().manual_seed(0)
     rounds = [(torch.rand([batch_gpu, 3, res, res], generator=gen).to(device) * 2 - 1, torch.zeros([batch_gpu, 0],
                device=device), torch.randn([batch_gpu, G.z_dim], generator=gen).to(device),
