@@ -74,13 +74,16 @@ def build_run(tmp_path, data, modules, name, with_kd, teacher_options, run, resu
     """(setup, loop kwargs): the options of `name` through the builder, on tiny nets (loop_kwargs)."""
     opts, plugins, suffix = COMBINATIONS[name]
     opts = dict(opts, **(teacher_options if with_kd else {}))
+    if resume is not None:  # as a user resuming would: the saved APA schedule must win over --resume's 100 kimg
+        opts.pop("apa_kimg", None)
     setup = to.build_training_setup(dict(outdir=str(tmp_path / "runs"), data=data, device="cpu", metrics="none",
                                          resume=resume, **opts), modules)
     c = setup.kwargs
     names = [spec.class_name.rsplit(".", 1)[0].rsplit(".", 1)[1] for spec in c.loss_kwargs.plugins]
     expected = (["kd_plugin"] if with_kd else []) + plugins
     assert names == expected and ("-kd-agkd-cgkd" in setup.desc) == with_kd
-    assert setup.desc.replace("-resumecustom", "").replace("-kd-agkd-cgkd", "").endswith(suffix)
+    if resume is None:
+        assert setup.desc.replace("-kd-agkd-cgkd", "").endswith(suffix)
     for spec in c.loss_kwargs.plugins:
         if spec.class_name.endswith(".APA"):
             spec.initial_p = initial_p  # start mid-range so that p visibly moves either way
