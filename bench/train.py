@@ -11,6 +11,7 @@ i.e. the steady-state cost with the lazy regularisation amortised (phase times f
 own Timing/* stats). Never asserts on time; other processes on the machine inflate the numbers.
 
     python bench/train.py                         # tiny and cifar presets at 32x32, kernels and ref
+    python bench/train.py --ops kernels,ref,kernels-refdemod   # + the C++ kernels' share alone
     python bench/train.py --presets tiny --steps 8 --threads 1
     python bench/train.py --presets cifar --ops ref --malloc tuned,default   # the loop's mallopt vs glibc's
     python bench/train.py --presets cifar --profile   # + where one step's CPU time goes, by op family
@@ -18,6 +19,11 @@ own Timing/* stats). Never asserts on time; other processes on the machine infla
 --profile runs one more plain step under torch.profiler and prints each op family's share of the
 self CPU time (convolutions, matmuls, our bias_act/upfirdn2d kernels, element-wise math, the rest):
 the kernels can only speed up what is not convolution.
+
+`--ops`: `kernels` is the default code path (C++ bias_act/upfirdn2d kernels and the factored
+demodulation of training/networks.py), `ref` is SG2KD_DISABLE_CUSTOM_OPS=1 (pure-PyTorch ops and
+the reference's demodulation, which builds the [N, O, I, kh, kw] modulated weights), and
+`kernels-refdemod` is the kernels with the reference's demodulation, to tell the two apart.
 """
 
 import argparse
@@ -57,6 +63,9 @@ def child(args):
     from torch_utils.ops import bias_act, upfirdn2d
     from training import train_options
     from training.training_loop import _TrainingRun
+    if args.demod == "ref":  # the reference's demodulation with the C++ kernels: what each part is worth
+        from training import networks
+        networks._reference_demodulation = lambda: True
     opts = dict(data=args.data, outdir=args.outdir, cfg=args.preset, metrics="none", device="cpu", workers=0,
                 snap=10**6, aug=args.aug)
     kwargs = train_options.build_training_setup(opts).kwargs
@@ -85,8 +94,9 @@ def child(args):
     amortised = plain + greg / kwargs.G_reg_interval + dreg / kwargs.D_reg_interval
     profile = profile_step(run) if args.profile else None
     kernels = bias_act._plugins.get("cpu") is not None and upfirdn2d._plugins.get("cpu") is not None
+    ops = ("kernels" if kernels else "ref") + ("-refdemod" if kernels and args.demod == "ref" else "")
     malloc = "default" if os.environ.get("SG2KD_NO_MALLOPT") else "tuned"
-    print(json.dumps(dict(preset=args.preset, ops="kernels" if kernels else "ref", malloc=malloc, sys_share=sys_share,
+    print(json.dumps(dict(preset=args.preset, ops=ops, malloc=malloc, sys_share=sys_share,
                           batch=kwargs.batch_size,
                           batch_gpu=kwargs.batch_gpu, threads=torch.get_num_threads(), warmup_s=warmup,
                           plain_step_s=plain, greg_s=greg, dreg_s=dreg,
@@ -119,16 +129,26 @@ def profile_step(run):
     return {family: value / max(total, 1e-9) for family, value in shares.items()}
 
 
+OPS_CHOICES = {
+    "kernels": "C++ bias_act/upfirdn2d kernels + factored demodulation (the default)",
+    "ref": "SG2KD_DISABLE_CUSTOM_OPS=1: pure-PyTorch ops and the reference's demodulation",
+    "kernels-refdemod": "C++ kernels with the reference's demodulation (isolates the two speed-ups)",
+}
+
+
 def run_child(args, preset, ops, malloc, data, outdir):
     env = dict(os.environ, PYTHONPATH=REPO, HF_HUB_OFFLINE="1")
     env.pop("SG2KD_DISABLE_CUSTOM_OPS", None)
     env.pop("SG2KD_NO_MALLOPT", None)
+    if ops not in OPS_CHOICES:
+        return dict(preset=preset, ops=ops, malloc=malloc, error=f"unknown --ops {ops!r}; use {', '.join(OPS_CHOICES)}")
     if ops == "ref":
         env["SG2KD_DISABLE_CUSTOM_OPS"] = "1"
     if malloc == "default":
         env["SG2KD_NO_MALLOPT"] = "1"  # the loop then leaves glibc's malloc settings alone
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--preset", preset, "--data", data, "--outdir", outdir,
-           "--steps", str(args.steps), "--threads", str(args.threads), "--aug", args.aug]
+           "--steps", str(args.steps), "--threads", str(args.threads), "--aug", args.aug,
+           "--demod", "ref" if ops == "kernels-refdemod" else "auto"]
     cmd += ["--profile"] if args.profile else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -160,13 +180,15 @@ def print_table(results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="tiny,cifar", help="comma list of --cfg presets (32x32 data)")
-    parser.add_argument("--ops", default="kernels,ref", help="comma list: kernels (C++ ops), ref (pure PyTorch)")
+    parser.add_argument("--ops", default="kernels,ref",
+                        help="comma list of: " + "; ".join(f"{k}: {v}" for k, v in OPS_CHOICES.items()))
     parser.add_argument("--steps", type=int, default=3, help="timed plain steps per configuration")
     parser.add_argument("--malloc", default="tuned", help="comma list: tuned (the loop's mallopt), default (glibc's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--aug", default="ada", help="--aug of train.py (ada, noaug, diffaug)")
     parser.add_argument("--profile", action="store_true", help="also print each op family's share of one step")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--demod", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--outdir", help=argparse.SUPPRESS)

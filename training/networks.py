@@ -5,9 +5,9 @@ the official StyleGAN2-ADA-PyTorch networks, so their `state_dict`s load here wi
 and pickles written here also load in the official codebase.
 
 Keep this module self-contained: persistent classes embed this file's source in network pickles,
-and that source must run wherever the pickle is loaded. Import only numpy, torch, dnnlib and the
-`torch_utils` names the official codebase also provides (misc, persistence, ops.bias_act,
-ops.conv2d_resample, ops.fma, ops.upfirdn2d).
+and that source must run wherever the pickle is loaded. Import only the standard library, numpy,
+torch, dnnlib and the `torch_utils` names the official codebase also provides (misc, persistence,
+ops.bias_act, ops.conv2d_resample, ops.fma, ops.upfirdn2d).
 
 Mixed precision: blocks in the top `num_fp16_res` resolutions run in float16 only on CUDA tensors;
 on any other device everything runs in float32 (half-precision convolutions are far slower than
@@ -17,6 +17,8 @@ Our addition: `Discriminator.forward(img, c, return_features=True)` also returns
 intermediate features (see `Discriminator.forward`); parameters, buffers and the default outputs
 are unchanged.
 """
+
+import os
 
 import numpy as np
 import torch
@@ -93,16 +95,37 @@ def modulated_conv2d(
 
     w = None
     dcoefs = None
-    if demodulate or fused_modconv:
+    if fused_modconv or (demodulate and _reference_demodulation()):
         w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)  # [N, O, I, kh, kw]
-    if demodulate:
+    if demodulate and _reference_demodulation():
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()  # [N, O]
+    elif demodulate:
+        dcoefs = demodulation_coefficients(weight, styles)
     conv_kwargs = dict(f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight)
     if not fused_modconv:
         return _modconv_separate(x, weight, styles, dcoefs, noise, conv_kwargs)
     if demodulate:
         w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
     return _modconv_grouped(x, w, noise, conv_kwargs)
+
+
+def demodulation_coefficients(weight, styles, eps=1e-8):
+    """1 / ||styles[n, i] * weight[o, i, :, :]|| over (i, kh, kw): weight [O, I, kh, kw], styles [N, I] -> [N, O].
+
+    The squared norm factors as sum_i styles[n, i]^2 * sum_{kh, kw} weight[o, i]^2, a [N, I] x [I, O]
+    matrix product, so the [N, O, I, kh, kw] modulated weights need not exist; the reference's
+    formulation builds them and, in training, spends more time on them than on the convolution.
+    """
+    return (styles.square() @ weight.square().sum(dim=[2, 3]).t() + eps).rsqrt()
+
+
+def _reference_demodulation():
+    """True when $SG2KD_DISABLE_CUSTOM_OPS asks for the reference implementations (parity checks, benchmarks).
+
+    Read here rather than through torch_utils.custom_ops: this module's source travels in network
+    pickles and must run in the official codebase too.
+    """
+    return os.environ.get("SG2KD_DISABLE_CUSTOM_OPS", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _modconv_separate(x, weight, styles, dcoefs, noise, conv_kwargs):

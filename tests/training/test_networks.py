@@ -344,3 +344,62 @@ def test_freeze_layers_turns_weights_into_buffers_keeping_names():
     assert not any(name.startswith("b16.") for name in trainable)
     assert "b8.conv0.weight" in trainable and "b4.fc.weight" in trainable
     assert frozen.b16.conv0.weight.requires_grad is False
+
+
+# ----------------------------------------------------------------------------
+# Demodulation: the factored coefficients (default) against the reference's modulated-weight norm.
+
+
+def test_demodulation_coefficients_match_explicit_norms():
+    torch.manual_seed(0)
+    weight = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    styles = torch.randn(3, 4, dtype=torch.float64)
+    expected = torch.empty(3, 5, dtype=torch.float64)
+    for n in range(3):
+        for o in range(5):
+            expected[n, o] = 1 / np.sqrt(float(((weight[o] * styles[n].reshape(4, 1, 1)) ** 2).sum()) + 1e-8)
+    torch.testing.assert_close(networks.demodulation_coefficients(weight, styles), expected, rtol=1e-12, atol=0)
+
+
+def _modconv_outputs_and_grads(monkeypatch, reference, **kwargs):
+    """modulated_conv2d output, first-order gradients and one second-order gradient (as path-length reg)."""
+    if reference:
+        monkeypatch.setenv("SG2KD_DISABLE_CUSTOM_OPS", "1")
+    else:
+        monkeypatch.delenv("SG2KD_DISABLE_CUSTOM_OPS", raising=False)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, 6, 6, dtype=torch.float64, generator=gen).requires_grad_()
+    weight = torch.randn(5, 4, 3, 3, dtype=torch.float64, generator=gen).requires_grad_()
+    styles = torch.randn(3, 4, dtype=torch.float64, generator=gen).requires_grad_()
+    y = networks.modulated_conv2d(x, weight, styles, padding=1, **kwargs)
+    probe = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    grads = torch.autograd.grad((y * probe).sum(), [x, weight, styles], create_graph=True)
+    second = torch.autograd.grad(grads[2].square().sum(), [weight, styles])
+    return [y.detach()] + [g.detach() for g in grads] + list(second)
+
+
+@pytest.mark.parametrize("fused_modconv", [False, True])
+@pytest.mark.parametrize("up", [1, 2])
+def test_factored_demodulation_equals_reference_values_and_gradients(monkeypatch, fused_modconv, up):
+    kwargs = dict(fused_modconv=fused_modconv, up=up, flip_weight=(up == 1))
+    fast = _modconv_outputs_and_grads(monkeypatch, reference=False, **kwargs)
+    ref = _modconv_outputs_and_grads(monkeypatch, reference=True, **kwargs)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_reference_switch_selects_the_demodulation(monkeypatch):
+    calls = []
+    original = networks.demodulation_coefficients
+    monkeypatch.setattr(networks, "demodulation_coefficients", lambda *a: calls.append(1) or original(*a))
+    x, weight, styles = torch.randn(2, 4, 5, 5), torch.randn(3, 4, 3, 3), torch.randn(2, 4)
+    monkeypatch.delenv("SG2KD_DISABLE_CUSTOM_OPS", raising=False)
+    networks.modulated_conv2d(x, weight, styles, padding=1, fused_modconv=False)
+    assert len(calls) == 1
+    monkeypatch.setenv("SG2KD_DISABLE_CUSTOM_OPS", "1")
+    networks.modulated_conv2d(x, weight, styles, padding=1, fused_modconv=False)
+    assert len(calls) == 1  # the reference's formulation, no factored call
+    networks.modulated_conv2d(x, weight, styles, padding=1, demodulate=False, fused_modconv=False)
+    monkeypatch.delenv("SG2KD_DISABLE_CUSTOM_OPS")
+    networks.modulated_conv2d(x, weight, styles, padding=1, demodulate=False, fused_modconv=False)
+    assert len(calls) == 1  # no demodulation, no coefficients
