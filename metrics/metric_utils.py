@@ -15,6 +15,8 @@ import hashlib
 import io
 import json
 import os
+import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -244,6 +246,16 @@ def stats_cache_path(opts, detector, stats_name, **options):
     return dnnlib.make_cache_dir_path("gan-metrics", f"{dataset.name}-{stats_name}-{digest.hexdigest()}.npz")
 
 
+def _load_cached_stats(path):
+    """FeatureStats from a cache file, or None (with a warning) when it is unreadable: it is then rebuilt."""
+    try:
+        return FeatureStats.load(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        warnings.warn(f"Ignoring the unreadable metric cache file {path} ({type(err).__name__}: {err}); "
+                      f"recomputing the reals' statistics and replacing it", RuntimeWarning, stacklevel=2)
+        return None
+
+
 def _broadcast_flag(flag, opts):
     if opts.num_gpus == 1:
         return flag
@@ -276,7 +288,9 @@ def compute_feature_stats_for_dataset(opts, detector, detector_kwargs, stats_nam
                                       capture_all=capture_all, capture_mean_cov=capture_mean_cov, num_items=num_items)
         # Rank 0 decides, so all ranks agree even if the file appears while they check.
         if _broadcast_flag(opts.rank == 0 and os.path.isfile(cache_file), opts):
-            return FeatureStats.load(cache_file)
+            stats = _load_cached_stats(cache_file)
+            if stats is not None:
+                return stats
     plan = batch_plan(num_items, opts.batch_size)
     indices = [idx for start, stop in my_batches(plan, opts) for idx in range(start, stop)]
     loader_kwargs = dict(opts.data_loader_kwargs)

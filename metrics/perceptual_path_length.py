@@ -56,6 +56,14 @@ def _to_lpips_input(img, crop):
     return img.repeat([1, 3, 1, 1]) if img.shape[1] == 1 else img
 
 
+def randomize_noise_buffers(G, gen):
+    """Refill every `noise_const` buffer of (private copy) G from `gen`, as the reference does per batch:
+    both ends of a path share the noise, yet PPL averages over noise rather than one fixed draw."""
+    for name, buf in G.named_buffers():
+        if name.endswith(".noise_const"):
+            buf.copy_(torch.randn(buf.shape, generator=gen).to(buf.device, buf.dtype))
+
+
 def path_distances(opts, start, stop, batch_index, space, sampling, epsilon, crop):
     """Scaled LPIPS distances `[stop - start]` of one global batch of path samples."""
     G = opts.generator()
@@ -63,6 +71,7 @@ def path_distances(opts, start, stop, batch_index, space, sampling, epsilon, cro
     gen = metric_utils.batch_generator(opts, batch_index)
     with torch.no_grad():
         ws = _latent_pairs(opts, G, stop - start, space, sampling, epsilon, gen)
+        randomize_noise_buffers(G, gen)
         img = G.synthesis(ws, noise_mode="const", force_fp32=True)  # fp16 rounding would swamp eps = 1e-4
         lpips = detector(_to_lpips_input(img, crop), **LPIPS)
     lpips_t0, lpips_t1 = lpips[0::2], lpips[1::2]

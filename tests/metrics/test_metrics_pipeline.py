@@ -201,6 +201,33 @@ def test_ppl_is_zero_for_a_constant_generator_and_positive_otherwise(toy_detecto
         assert np.isfinite(value) and value > 0
 
 
+def test_ppl_draws_fresh_noise_buffers_per_batch_on_a_private_copy(toy_detector, monkeypatch):
+    from training.networks import Generator
+    torch.manual_seed(0)
+    G = Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=8, img_channels=3,
+                  mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=64, channel_max=4))
+    original = {name: buf.clone() for name, buf in G.named_buffers() if name.endswith(".noise_const")}
+    seen = []
+    synthesis = type(G.synthesis).forward
+
+    def spy(self, ws, **kwargs):
+        assert kwargs["noise_mode"] == "const"
+        seen.append({"synthesis." + name: buf.clone() for name, buf in self.named_buffers()
+                     if name.endswith(".noise_const")})
+        return synthesis(self, ws, **kwargs)
+
+    monkeypatch.setattr(type(G.synthesis), "forward", spy)
+    opts = lambda: metric_utils.MetricOptions(G=G, vgg16_path=toy_detector, device="cpu")  # noqa: E731
+    first = compute_ppl(opts(), num_samples=6, space="w", sampling="full", batch_size=2)
+    assert len(seen) == 3 and len(original) > 0
+    for name, buf in original.items():
+        assert torch.equal(G.state_dict()[name], buf)  # the caller's G keeps its buffers
+        draws = [batch[name] for batch in seen]
+        assert not any(torch.equal(draw, buf) for draw in draws)
+        assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+    assert compute_ppl(opts(), num_samples=6, space="w", sampling="full", batch_size=2) == first  # seeded
+
+
 def test_slerp_endpoints_and_unit_norm():
     a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     unit = lambda v: v / v.norm(dim=-1, keepdim=True)  # noqa: E731
@@ -235,6 +262,27 @@ def test_stats_cache_is_reused_and_invalidated_by_a_changed_image(tmp_path, toy_
     second = stats()
     assert len(calls) == 6 and len(os.listdir(tmp_path / "cache" / "gan-metrics")) == 2
     assert not np.array_equal(second[7], first[7]) and np.array_equal(second[:7], first[:7])
+
+
+def test_unreadable_stats_cache_is_recomputed_and_replaced(tmp_path, toy_detector, monkeypatch):
+    monkeypatch.setenv("DNNLIB_CACHE_DIR", str(tmp_path / "cache"))
+    path, images = make_images(tmp_path / "d", 6)
+    opts = lambda: metric_utils.MetricOptions(dataset_kwargs=dataset_kwargs(path), batch_size=8,  # noqa: E731
+                                              inception_path=toy_detector, **NO_WORKERS)
+
+    def stats():
+        return metric_utils.compute_feature_stats_for_dataset(opts(), opts().detector("inception"), dict(
+            return_features=True), "fid", capture_all=True).get_all()
+
+    first = stats()
+    cache_dir = tmp_path / "cache" / "gan-metrics"
+    (cache_file,) = os.listdir(cache_dir)
+    for garbage in (b"", b"PK\x03\x04 truncated", (cache_dir / cache_file).read_bytes()[:100]):
+        (cache_dir / cache_file).write_bytes(garbage)
+        with pytest.warns(RuntimeWarning, match=f"unreadable metric cache file .*{cache_file}.*recomputing"):
+            again = stats()
+        assert np.array_equal(again, first)
+        assert np.array_equal(metric_utils.FeatureStats.load(cache_dir / cache_file).get_all(), first)
 
 
 def test_content_hash_ignores_location_but_not_bytes(tmp_path):
