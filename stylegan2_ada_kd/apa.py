@@ -25,6 +25,7 @@ Reports `Progress/apa_p` (every step) and `APA/sign_real` (the statistic, at eve
 import click
 import torch
 
+from stylegan2_ada_kd.plugin_common import reject_orphan_options
 from torch_utils import training_stats
 from training.training_setup import ada_adjust
 
@@ -126,10 +127,7 @@ CLI_OPTIONS = [
 def make_plugin_kwargs(opts, context):
     """[APA kwargs] when --apa is given, else []; --apa-target/--apa-kimg without --apa is an error."""
     if not opts.get("apa"):
-        for name in ("apa_target", "apa_kimg"):
-            if opts.get(name) is not None:
-                flag = "--" + name.replace("_", "-")
-                raise click.BadParameter(f"only applies with --apa; add --apa or drop {flag}", param_hint=f"'{flag}'")
+        reject_orphan_options(opts, ("apa_target", "apa_kimg"), "--apa", "--apa")
         return []
     resuming = bool(context.get("kwargs", {}).get("resume_pkl"))
     kimg = opts.get("apa_kimg") or (100 if resuming else 500)

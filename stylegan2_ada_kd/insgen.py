@@ -29,6 +29,7 @@ import copy
 import click
 import torch
 
+from stylegan2_ada_kd.plugin_common import probe_d_feature_channels, reject_orphan_options
 from torch_utils import training_stats
 
 PROJ_DIM = 128  # contrastive embedding size
@@ -129,11 +130,7 @@ class InsGen(torch.nn.Module):
         epilogue = getattr(ctx.D, "b4", None)
         if epilogue is not None and hasattr(epilogue, "in_channels"):
             return int(epilogue.in_channels)
-        n = max(int(ctx.batch_gpu or 2), 2)  # D is deterministic: this probe draws no random numbers
-        img = torch.zeros([n, ctx.img_channels, ctx.resolution, ctx.resolution], device=ctx.device)
-        with torch.no_grad():
-            _, feats = ctx.D(img, torch.zeros([n, ctx.c_dim], device=ctx.device), return_features=True)
-        return int(feats["b4_input"].shape[1])
+        return probe_d_feature_channels(ctx, "b4_input")
 
     def d_parameters(self):
         """The two heads (trained by D's optimizer); never the momentum copies."""
@@ -239,11 +236,7 @@ def default_queue_size(num_images, xflip):
 def make_plugin_kwargs(opts, context):
     """[InsGen kwargs] when --insgen is given, else []; its other options alone are an error."""
     if not opts.get("insgen"):
-        for name in ("insgen_queue", "insgen_no_g"):
-            if opts.get(name):
-                flag = "--" + name.replace("_", "-")
-                raise click.BadParameter(f"only applies with --insgen; add --insgen or drop {flag}",
-                                         param_hint=f"'{flag}'")
+        reject_orphan_options(opts, ("insgen_queue", "insgen_no_g"), "--insgen", "--insgen")
         return []
     queue = opts.get("insgen_queue")
     if queue is None:

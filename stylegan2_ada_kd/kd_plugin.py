@@ -28,6 +28,7 @@ import torch
 
 from stylegan2_ada_kd import kd
 from stylegan2_ada_kd.heads import ProjectionHead
+from stylegan2_ada_kd.plugin_common import probe_d_feature_channels, reject_orphan_options
 from stylegan2_ada_kd.teacher import (DEFAULT_TEACHER, PREPROCESS_MODES, TeacherError, parse_teacher_spec,
                                       resolve_model_name)
 from torch_utils import training_stats
@@ -117,10 +118,7 @@ class KDLoss(torch.nn.Module):
         fc = getattr(getattr(ctx.D, "b4", None), "fc", None)
         if fc is not None and hasattr(fc, "out_features"):
             return int(fc.out_features)
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            img = torch.zeros([2, ctx.img_channels or 3, ctx.resolution, ctx.resolution], device=ctx.device)
-            _, feats = ctx.D(img, torch.zeros([2, ctx.c_dim], device=ctx.device), return_features=True)
-        return int(feats["fc"].shape[1])
+        return probe_d_feature_channels(ctx, "fc")
 
     def setup(self, ctx):
         """Build the teacher on ctx.device, encode the prompts once, create the head (D's width -> E)."""
@@ -258,10 +256,8 @@ def read_prompts(path):
 def make_plugin_kwargs(opts, context):
     """[KDLoss kwargs] when --kd is given, else [] (other KD options without --kd are an error)."""
     if not opts.get("kd"):
-        given = [name for name in _OPTION_NAMES if name != "kd" and opts.get(name) is not None]
-        if given:
-            option = "--" + given[0].replace("_", "-")
-            raise _bad(option, "only applies with --kd; pass --kd=agkd,cgkd (or another term list) or drop it")
+        reject_orphan_options(opts, [name for name in _OPTION_NAMES if name != "kd"], "--kd",
+                              "--kd=agkd,cgkd (or another term list)")
         return []
     terms = parse_terms(opts["kd"])
     spec = opts.get("teacher") or DEFAULT_TEACHER

@@ -24,6 +24,7 @@ resume. Reports `Loss/lecam/penalty` (R_LC before the weight), `Loss/lecam/ancho
 import click
 import torch
 
+from stylegan2_ada_kd.plugin_common import reject_orphan_options
 from torch_utils import training_stats
 
 
@@ -112,11 +113,7 @@ def make_plugin_kwargs(opts, context):
     """[LeCam kwargs] when --lecam is given, else []; --lecam-decay/--lecam-start-kimg alone is an error."""
     del context
     if opts.get("lecam") is None:
-        for name in ("lecam_decay", "lecam_start_kimg"):
-            if opts.get(name) is not None:
-                flag = "--" + name.replace("_", "-")
-                raise click.BadParameter(f"only applies with --lecam; add --lecam=WEIGHT or drop {flag}",
-                                         param_hint=f"'{flag}'")
+        reject_orphan_options(opts, ("lecam_decay", "lecam_start_kimg"), "--lecam", "--lecam=WEIGHT")
         return []
     decay = 0.99 if opts.get("lecam_decay") is None else float(opts["lecam_decay"])
     start = 0.0 if opts.get("lecam_start_kimg") is None else float(opts["lecam_start_kimg"])
