@@ -1,9 +1,11 @@
-"""Reference (pure PyTorch) vs kernel path of bias_act and upfirdn2d, forward + backward.
+"""Reference (pure PyTorch) vs kernel path of bias_act, upfirdn2d and 3x3 convolutions, forward + backward.
 
 The shapes are the ones a StyleGAN2 of the given resolution runs at each block (batch 32, the
 per-resolution channel counts min(channel_base // res, 512)): bias_act with lrelu on every
 conv output, upsample2d / downsample2d / filter2d with the [1, 3, 3, 1] filter on the G and D
-resampling paths. Both paths run side by side in one process on the same inputs.
+resampling paths, and the 3x3 stride-1 convolution of every block (ch -> ch), which the kernel path
+runs through conv2d_gradfix (Winograd F(2x2, 3x3) on the CPU) and the reference through
+torch.nn.functional.conv2d. Both paths run side by side in one process on the same inputs.
 
     python bench/ops.py                     # 32x32 (cifar preset) and 256x256 (paper256) networks
     python bench/ops.py --res 32 --reps 5 --device cpu
@@ -18,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from torch_utils.ops import bias_act, upfirdn2d  # noqa: E402
+from torch_utils.ops import bias_act, conv2d_gradfix, upfirdn2d  # noqa: E402
 from training.training_setup import configure_cpu_malloc  # noqa: E402
 
 # channel_base of the presets the paper's experiments use at each resolution (REFERENCE.md 2.2).
@@ -70,6 +72,14 @@ def cases(res: int, batch: int, device):
         big = torch.randn([batch, ch, r + 1, r + 1], device=device, requires_grad=True)
         yield ("upfirdn2d pad=1 (up-conv)", big.shape, lambda impl: (lambda x: upfirdn2d.upfirdn2d(
             x, f, padding=1, gain=4, impl=impl)), (big,))
+        w = torch.randn([ch, ch, 3, 3], device=device, requires_grad=True)
+        yield ("conv 3x3 (Winograd on CPU)", x.shape, lambda impl: (lambda x, w: _conv3x3(x, w, impl)), (x, w))
+
+
+def _conv3x3(x, w, impl):
+    if impl == "ref":
+        return torch.nn.functional.conv2d(x, w, padding=1)
+    return conv2d_gradfix.conv2d(x, w, padding=1)
 
 
 def main():

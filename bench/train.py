@@ -11,19 +11,21 @@ i.e. the steady-state cost with the lazy regularisation amortised (phase times f
 own Timing/* stats). Never asserts on time; other processes on the machine inflate the numbers.
 
     python bench/train.py                         # tiny and cifar presets at 32x32, kernels and ref
-    python bench/train.py --ops kernels,ref,kernels-refdemod   # + the C++ kernels' share alone
+    python bench/train.py --ops kernels,ref,kernels-refdemod,kernels-direct   # what each part gives
     python bench/train.py --presets tiny --steps 8 --threads 1
     python bench/train.py --presets cifar --ops ref --malloc tuned,default   # the loop's mallopt vs glibc's
     python bench/train.py --presets cifar --profile   # + where one step's CPU time goes, by op family
 
 --profile runs one more plain step under torch.profiler and prints each op family's share of the
-self CPU time (convolutions, matmuls, our bias_act/upfirdn2d kernels, element-wise math, the rest):
-the kernels can only speed up what is not convolution.
+self CPU time (convolutions, matmuls (incl. the Winograd convolutions' products), our
+bias_act/upfirdn2d kernels, the Winograd tile transforms, element-wise math, the rest).
 
-`--ops`: `kernels` is the default code path (C++ bias_act/upfirdn2d kernels and the factored
-demodulation of training/networks.py), `ref` is SG2KD_DISABLE_CUSTOM_OPS=1 (pure-PyTorch ops and
-the reference's demodulation, which builds the [N, O, I, kh, kw] modulated weights), and
-`kernels-refdemod` is the kernels with the reference's demodulation, to tell the two apart.
+`--ops`: `kernels` is the default code path (C++ bias_act/upfirdn2d kernels, Winograd 3x3
+convolutions where they pay off (torch_utils/ops/winograd.py) and the factored demodulation of
+training/networks.py), `ref` is SG2KD_DISABLE_CUSTOM_OPS=1 (pure-PyTorch ops, torch's direct
+convolutions and the reference's demodulation, which builds the [N, O, I, kh, kw] modulated
+weights), `kernels-refdemod` is `kernels` with the reference's demodulation and `kernels-direct`
+is `kernels` with torch's direct convolutions, to tell the parts apart.
 """
 
 import argparse
@@ -66,6 +68,9 @@ def child(args):
     if args.demod == "ref":  # the reference's demodulation with the C++ kernels: what each part is worth
         from training import networks
         networks._reference_demodulation = lambda: True
+    if args.direct_conv:
+        from torch_utils.ops import winograd
+        winograd.MIN_CHANNELS = 2**62
     opts = dict(data=args.data, outdir=args.outdir, cfg=args.preset, metrics="none", device="cpu", workers=0,
                 snap=10**6, aug=args.aug)
     kwargs = train_options.build_training_setup(opts).kwargs
@@ -95,6 +100,7 @@ def child(args):
     profile = profile_step(run) if args.profile else None
     kernels = bias_act._plugins.get("cpu") is not None and upfirdn2d._plugins.get("cpu") is not None
     ops = ("kernels" if kernels else "ref") + ("-refdemod" if kernels and args.demod == "ref" else "")
+    ops += "-direct" if kernels and args.direct_conv else ""
     malloc = "default" if os.environ.get("SG2KD_NO_MALLOPT") else "tuned"
     print(json.dumps(dict(preset=args.preset, ops=ops, malloc=malloc, sys_share=sys_share,
                           batch=kwargs.batch_size,
@@ -110,6 +116,7 @@ OP_FAMILIES = (  # (family, substrings of profiler event names), first match win
     ("matmul", ("addmm", "aten::mm", "aten::bmm", "aten::matmul")),
     ("bias_act kernel", ("biasact", "bias_act")),
     ("upfirdn2d kernel", ("upfirdn",)),
+    ("winograd transforms", ("_inputtransform", "_inputadjoint", "_outputtransform", "_outputadjoint")),
     ("element-wise", ("aten::mul", "aten::add", "aten::pow", "aten::sum", "aten::div", "aten::sub", "aten::copy_",
                       "aten::where", "aten::leaky_relu", "aten::sqrt", "aten::rsqrt", "aten::mean")),
 )
@@ -130,9 +137,10 @@ def profile_step(run):
 
 
 OPS_CHOICES = {
-    "kernels": "C++ bias_act/upfirdn2d kernels + factored demodulation (the default)",
-    "ref": "SG2KD_DISABLE_CUSTOM_OPS=1: pure-PyTorch ops and the reference's demodulation",
-    "kernels-refdemod": "C++ kernels with the reference's demodulation (isolates the two speed-ups)",
+    "kernels": "C++ bias_act/upfirdn2d kernels, Winograd 3x3 convolutions, factored demodulation (the default)",
+    "ref": "SG2KD_DISABLE_CUSTOM_OPS=1: pure-PyTorch ops, direct convolutions, the reference's demodulation",
+    "kernels-refdemod": "kernels with the reference's demodulation",
+    "kernels-direct": "kernels with torch's direct convolutions instead of Winograd",
 }
 
 
@@ -149,6 +157,7 @@ def run_child(args, preset, ops, malloc, data, outdir):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--preset", preset, "--data", data, "--outdir", outdir,
            "--steps", str(args.steps), "--threads", str(args.threads), "--aug", args.aug,
            "--demod", "ref" if ops == "kernels-refdemod" else "auto"]
+    cmd += ["--direct-conv"] if ops == "kernels-direct" else []
     cmd += ["--profile"] if args.profile else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -189,6 +198,7 @@ def main():
     parser.add_argument("--profile", action="store_true", help="also print each op family's share of one step")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--demod", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--direct-conv", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--outdir", help=argparse.SUPPRESS)

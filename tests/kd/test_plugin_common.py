@@ -36,7 +36,7 @@ def test_orphan_check_ignores_unset_options_and_false_flags():
 
 
 @pytest.mark.parametrize("name, expected", [("fc", "fc_width"), ("b4_input", "b4_channels")])
-def test_probe_reports_the_feature_width_and_leaves_the_rng_alone(name, expected):
+def test_probe_reports_the_feature_width_and_leaves_the_rng_alone(name, expected, pure_pytorch_ops):
     torch.manual_seed(0)
     D = Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=128, channel_max=8,
                       epilogue_kwargs=dict(mbstd_group_size=2))

@@ -201,7 +201,7 @@ def test_ppl_is_zero_for_a_constant_generator_and_positive_otherwise(toy_detecto
         assert np.isfinite(value) and value > 0
 
 
-def test_ppl_draws_fresh_noise_buffers_per_batch_on_a_private_copy(toy_detector, monkeypatch):
+def test_ppl_draws_fresh_noise_buffers_per_batch_on_a_private_copy(toy_detector, monkeypatch, pure_pytorch_ops):
     from training.networks import Generator
     torch.manual_seed(0)
     G = Generator(z_dim=4, c_dim=0, w_dim=4, img_resolution=8, img_channels=3,

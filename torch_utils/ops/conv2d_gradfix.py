@@ -11,6 +11,10 @@ autocast region is active), they run through two autograd Functions defined here
   is again written with `_Conv` and `_ConvBackward`, so every order of gradient stays inside these
   two Functions and stays exact.
 
+On the CPU, 3x3 stride-1 convolutions with many channels (torch_utils/ops/winograd.py says which)
+run by Winograd's F(2x2, 3x3) algorithm instead, also differentiable to any order; there
+`_WeightGradientGate` honours `no_weight_gradients()`.
+
 Why not plain torch: the R1 and path-length regularisers take gradients with respect to the
 *input* only (first pass) and then differentiate that gradient (second pass). Inside
 `no_weight_gradients()` the first pass tells `aten::convolution_backward` not to compute the weight
@@ -23,6 +27,8 @@ functions of CUDA tensors on its own device threads, so a thread-local flag woul
 import contextlib
 
 import torch
+
+from torch_utils.ops import winograd
 
 # Public flag (official pickles and training loops set it): False = always use torch.nn.functional.
 enabled = True
@@ -68,6 +74,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if not _use_custom_op(input, padding):
         return torch.nn.functional.conv2d(input, weight, bias, stride, padding, dilation, groups)
     params = _ConvParams.make(False, stride, padding, dilation, 0, groups)
+    if winograd.applicable(input, weight, params.stride, params.padding, params.dilation, params.groups):
+        output = winograd.conv2d(input, _WeightGradientGate.apply(weight), params.padding)
+        return output if bias is None else output + bias.reshape(1, -1, 1, 1)
     return _apply_conv(input, weight, bias, params)
 
 
@@ -168,6 +177,19 @@ class _Conv(torch.autograd.Function):
         grad_input, grad_weight, grad_bias = _ConvBackward.apply(
             grad_output, input, weight, ctx.bias_shape, ctx.params, mask)
         return grad_input, grad_weight, grad_bias, None
+
+
+class _WeightGradientGate(torch.autograd.Function):
+    """Identity on the weight whose backward drops the gradient inside no_weight_gradients()
+    (for convolutions that do not run through _Conv, e.g. the CPU Winograd path)."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None if weight_gradients_disabled else grad
 
 
 class _ConvBackward(torch.autograd.Function):

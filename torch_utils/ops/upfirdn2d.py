@@ -31,9 +31,7 @@ every order work. The filter `f` gets no gradient on the kernel path (it is a fi
 StyleGAN2); use impl='ref' if a learnable filter is ever needed.
 """
 
-import hashlib
 import os
-import platform
 
 import numpy as np
 import torch
@@ -48,31 +46,11 @@ _KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float16,
 _plugins = {}  # device type -> loaded plugin module, or None when it could not be built
 
 
-def _cpu_identity():
-    """Short hash of this CPU's model and instruction-set flags, or None where they are unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            lines = [line for line in f if line.startswith(("model name", "flags", "vendor_id"))]
-    except OSError:
-        return None
-    if not lines:
-        return None
-    return hashlib.sha256("".join(sorted(set(lines))).encode()).hexdigest()[:16]
-
-
 def _plugin_spec(device_type):
     """(module name, sources, build kwargs) of the 'cpu' or 'cuda' plugin, for custom_ops."""
     if device_type == "cpu":
-        # -O3 vectorises the inner loops; -fopenmp makes at::parallel_for (OpenMP in these torch
-        # builds) really run in parallel, on the libgomp torch has already loaded.
-        flags = ["-O3", "-fopenmp"]
-        cpu_id = _cpu_identity() if platform.machine().lower() in ("x86_64", "amd64") else None
-        if cpu_id is not None:
-            # -march=native roughly doubles the vector width here. The CPU's identity goes into a
-            # define so it is part of the build-cache key: a shared cache never hands this binary
-            # to a CPU with other instruction sets.
-            flags += ["-march=native", f"-DSG2KD_BUILD_CPU_ID={cpu_id}"]
-        return CPU_PLUGIN_NAME, ["upfirdn2d.cpp"], dict(source_dir=_SOURCE_DIR, extra_cflags=flags)
+        return CPU_PLUGIN_NAME, ["upfirdn2d.cpp"], dict(source_dir=_SOURCE_DIR,
+                                                        extra_cflags=custom_ops.native_cpu_cflags())
     return CUDA_PLUGIN_NAME, ["upfirdn2d_cuda.cpp", "upfirdn2d.cu"], dict(
         headers=["upfirdn2d_cuda.h"], source_dir=_SOURCE_DIR, extra_cflags=["-O3"],
         extra_cuda_cflags=["-O3", "--use_fast_math"])
