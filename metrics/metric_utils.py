@@ -256,6 +256,15 @@ def _load_cached_stats(path):
         return None
 
 
+def _from_rank0(make_value, opts):
+    """make_value() evaluated on rank 0 only and broadcast (any picklable value) to every rank."""
+    if opts.num_gpus == 1:
+        return make_value()
+    box = [make_value() if opts.rank == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _broadcast_flag(flag, opts):
     if opts.num_gpus == 1:
         return flag
@@ -284,9 +293,11 @@ def compute_feature_stats_for_dataset(opts, detector, detector_kwargs, stats_nam
     num_items = len(dataset) if max_items is None else min(len(dataset), int(max_items))
     cache_file = None
     if opts.cache and opts.dataset_kwargs.get("path"):  # the key hashes the files under `path`
-        cache_file = stats_cache_path(opts, detector, stats_name, detector_kwargs=detector_kwargs,
-                                      capture_all=capture_all, capture_mean_cov=capture_mean_cov, num_items=num_items)
-        # Rank 0 decides, so all ranks agree even if the file appears while they check.
+        # Only rank 0 hashes the dataset (it reads every file) and decides, so all ranks agree even if
+        # the file appears while they check; the others learn the file name from it.
+        cache_file = _from_rank0(lambda: stats_cache_path(
+            opts, detector, stats_name, detector_kwargs=detector_kwargs, capture_all=capture_all,
+            capture_mean_cov=capture_mean_cov, num_items=num_items), opts)
         if _broadcast_flag(opts.rank == 0 and os.path.isfile(cache_file), opts):
             stats = _load_cached_stats(cache_file)
             if stats is not None:

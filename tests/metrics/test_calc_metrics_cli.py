@@ -123,3 +123,13 @@ def test_is_of_an_unconditional_net_needs_no_dataset_but_fid_does(setup):
     assert _json_lines(result.output)[0]["results"]["is1k_mean"] >= 1
     result = _run("--network", pkl, "--metrics", "fid1k", "--detector-path", detector)
     assert result.exit_code != 0 and data in result.output and "Traceback" not in result.output
+
+
+def test_vgg16_path_option_feeds_ppl_and_is_required_offline(setup, monkeypatch):
+    _, pkl, _, detector = setup
+    monkeypatch.setenv("DNNLIB_OFFLINE", "1")
+    monkeypatch.delenv("SG2KD_VGG16_PATH", raising=False)
+    _one_line_error(_run("--network", pkl, "--metrics", "ppl2_wend_1k", "--verbose", "false"), 1, "SG2KD_VGG16_PATH")
+    result = _run("--network", pkl, "--metrics", "ppl2_wend_1k", "--vgg16-path", detector, "--verbose", "false")
+    assert result.exit_code == 0, result.output
+    assert _json_lines(result.output)[0]["results"]["ppl2_wend_1k"] >= 0

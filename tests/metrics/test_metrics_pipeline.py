@@ -331,6 +331,35 @@ def test_two_gloo_processes_gather_the_single_process_result(tmp_path, toy_detec
             assert np.allclose(out["mean"], real.astype(np.float64).mean(0), atol=1e-6)
 
 
+def _cache_worker(rank, port, out_dir, detector_file, data_path):
+    torch.set_num_threads(1)
+    os.environ["DNNLIB_CACHE_DIR"] = os.path.join(out_dir, "cache")
+    hashed = []
+    real_hash = metric_utils.dataset_content_hash
+    metric_utils.dataset_content_hash = lambda path: hashed.append(path) or real_hash(path)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        opts = metric_utils.MetricOptions(dataset_kwargs=dataset_kwargs(data_path), num_gpus=2, rank=rank,
+                                          batch_size=4, inception_path=detector_file, **NO_WORKERS)
+        runs = [metric_utils.compute_feature_stats_for_dataset(opts, opts.detector("inception"), dict(
+            return_features=True), "fid", capture_all=True).get_all() for _ in range(2)]
+        np.savez(os.path.join(out_dir, f"rank{rank}.npz"), first=runs[0], second=runs[1], hashed=len(hashed))
+    finally:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def test_two_processes_share_the_stats_cache_and_only_rank0_hashes_the_dataset(tmp_path, toy_detector):
+    path, images = make_images(tmp_path / "d", 9)
+    run_workers(_cache_worker, nprocs=2, args=(free_port(), str(tmp_path), toy_detector, path), timeout=120)
+    expected = _features(toy_detector, images)
+    outs = [np.load(tmp_path / f"rank{rank}.npz") for rank in (0, 1)]
+    assert int(outs[0]["hashed"]) == 2 and int(outs[1]["hashed"]) == 0
+    for out in outs:
+        assert np.allclose(out["first"], expected, atol=1e-5) and np.array_equal(out["second"], out["first"])
+    assert len(os.listdir(tmp_path / "cache" / "gan-metrics")) == 1
+
+
 def test_content_hash_follows_symlinked_image_folders_and_ignores_non_images(tmp_path):
     """Two datasets whose images sit behind symlinked folders hash apart; a stray non-image file changes nothing."""
     src_a, _ = make_images(tmp_path / "src_a", 3)
