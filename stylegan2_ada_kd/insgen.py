@@ -29,10 +29,11 @@ import copy
 import click
 import torch
 
-from stylegan2_ada_kd.plugin_common import probe_d_feature_channels, reject_orphan_options
+from stylegan2_ada_kd.plugin_common import parse_term_weights, probe_d_feature_channels, reject_orphan_options
 from torch_utils import training_stats
 
 PROJ_DIM = 128  # contrastive embedding size
+DEFAULT_WEIGHTS = {"real": 1.0, "fake": 1.0, "g": 0.1}  # --insgen-weights terms: real, fake (D), g (G)
 
 
 def make_head(channels, proj_dim=PROJ_DIM):
@@ -224,7 +225,9 @@ CLI_OPTIONS = [
     click.Option(["--insgen-queue"], type=click.IntRange(min=1), metavar="INT",
                  help="InsGen queue size (real and fake)  [default: 5% of the images, x2 with --mirror]"),
     click.Option(["--insgen-no-g"], is_flag=True, default=None,
-                 help="InsGen: no fake instance discrimination term for G"),
+                 help="InsGen: no fake instance discrimination term for G (same as g=0 in --insgen-weights)"),
+    click.Option(["--insgen-weights"], metavar="LIST", help="InsGen loss weights, e.g. real=1,fake=1,g=0.1; "
+                 "unnamed terms keep their default  [default: real=1,fake=1,g=0.1]"),
 ]
 
 
@@ -236,15 +239,19 @@ def default_queue_size(num_images, xflip):
 def make_plugin_kwargs(opts, context):
     """[InsGen kwargs] when --insgen is given, else []; its other options alone are an error."""
     if not opts.get("insgen"):
-        reject_orphan_options(opts, ("insgen_queue", "insgen_no_g"), "--insgen", "--insgen")
+        reject_orphan_options(opts, ("insgen_queue", "insgen_no_g", "insgen_weights"), "--insgen", "--insgen")
         return []
     queue = opts.get("insgen_queue")
     if queue is None:
         data = context.get("kwargs", {}).get("training_set_kwargs", {})
         num = context.get("num_train_images") or data.get("max_size") or context.get("num_images")
         queue = default_queue_size(num, bool(data.get("xflip")))
-    return [dict(class_name="stylegan2_ada_kd.insgen.InsGen", queue_size=int(queue),
-                 g_weight=0.0 if opts.get("insgen_no_g") else 0.1)]
+    weights = {**DEFAULT_WEIGHTS, **parse_term_weights(opts.get("insgen_weights") or "", tuple(DEFAULT_WEIGHTS),
+                                                       "--insgen-weights", "InsGen's terms")}
+    if opts.get("insgen_no_g"):
+        weights["g"] = 0.0
+    return [dict(class_name="stylegan2_ada_kd.insgen.InsGen", queue_size=int(queue), real_weight=weights["real"],
+                 fake_weight=weights["fake"], g_weight=weights["g"])]
 
 
 def run_desc(opts):

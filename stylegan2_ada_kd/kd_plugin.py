@@ -20,7 +20,6 @@ train.py options (CLI_OPTIONS): --kd, --kd-weight, --kd-weights, --kd-dist, --kd
 --kd-interval, --kd-pd-weight, --prompts, --teacher, --teacher-ckpt, --teacher-cache.
 """
 
-import math
 import os
 
 import click
@@ -28,7 +27,7 @@ import torch
 
 from stylegan2_ada_kd import kd
 from stylegan2_ada_kd.heads import ProjectionHead
-from stylegan2_ada_kd.plugin_common import probe_d_feature_channels, reject_orphan_options
+from stylegan2_ada_kd.plugin_common import parse_term_weights, probe_d_feature_channels, reject_orphan_options
 from stylegan2_ada_kd.teacher import (DEFAULT_TEACHER, PREPROCESS_MODES, TeacherError, parse_teacher_spec,
                                       resolve_model_name)
 from torch_utils import training_stats
@@ -150,9 +149,13 @@ class KDLoss(torch.nn.Module):
                 out[term] = both[term](t_real, s_real) + both[term](t_fake, s_fake)
         return out
 
+    def d_loss_active(self):
+        """True on every `interval`-th training step (the loss skips d_loss and D's features otherwise)."""
+        return int(self.num_steps) % self.interval == 0
+
     def d_loss(self, real_img, real_feats, gen_img, gen_feats, **_):
         """Dmain: images [N, C, H, W] as D saw them, feats {'fc': [N, C4]} -> weighted KD sum (scalar) or None."""
-        if int(self.num_steps) % self.interval != 0:
+        if not self.d_loss_active():
             return None
         if real_img.shape[0] != gen_img.shape[0]:
             raise ValueError(f"KDLoss: real and fake batches differ ({real_img.shape[0]} vs {gen_img.shape[0]}); "
@@ -224,23 +227,6 @@ def parse_terms(text):
     return tuple(term for term in TERMS if term in names)
 
 
-def parse_term_weights(text, terms):
-    """'agkd=10,cgkd=5' -> {'agkd': 10.0, 'cgkd': 5.0}; every term must be in `terms`; raises naming --kd-weights."""
-    weights = {}
-    for item in [item.strip() for item in str(text).split(",") if item.strip()]:
-        term, sep, value = item.partition("=")
-        term = term.strip().lower()
-        try:
-            number = float(value)
-        except ValueError:
-            number = -1.0
-        if not sep or term not in terms or term in weights or not (0 <= number < math.inf):
-            raise _bad("--kd-weights", f"{item!r}: use TERM=WEIGHT (weight >= 0) for terms given to --kd "
-                                       f"({', '.join(terms)}), each once")
-        weights[term] = number
-    return weights
-
-
 def read_prompts(path):
     """Non-empty lines of a prompts file; raises naming --prompts."""
     try:
@@ -276,7 +262,8 @@ def make_plugin_kwargs(opts, context):
         raise _bad("--teacher-ckpt", f"{ckpt} does not exist; pass a local weights file for the teacher model")
     weight = DEFAULT_WEIGHT if opts.get("kd_weight") is None else float(opts["kd_weight"])
     return [dict(class_name=CLASS_NAME, terms=list(terms), weight=weight,
-                 term_weights=parse_term_weights(opts.get("kd_weights") or "", terms),
+                 term_weights=parse_term_weights(opts.get("kd_weights") or "", terms, "--kd-weights",
+                                                 "terms given to --kd"),
                  dist=opts.get("kd_dist") or "l2", teacher=spec,
                  teacher_ckpt=None if ckpt is None else os.path.abspath(ckpt),
                  teacher_cache=None if cache is None else os.path.abspath(cache),

@@ -125,9 +125,17 @@ def test_options():
                               kwargs=dnnlib.EasyDict(training_set_kwargs=dnnlib.EasyDict(max_size=100, xflip=True)))
     assert insgen.make_plugin_kwargs({}, context) == []
     assert insgen.make_plugin_kwargs({"insgen": True}, context) == [
-        dict(class_name="stylegan2_ada_kd.insgen.InsGen", queue_size=10, g_weight=0.1)]
+        dict(class_name="stylegan2_ada_kd.insgen.InsGen", queue_size=10, real_weight=1.0, fake_weight=1.0,
+             g_weight=0.1)]
     given = insgen.make_plugin_kwargs({"insgen": True, "insgen_queue": 64, "insgen_no_g": True}, context)[0]
     assert (given["queue_size"], given["g_weight"]) == (64, 0.0)
+    given = insgen.make_plugin_kwargs({"insgen": True, "insgen_weights": "fake=0.5,g=2"}, context)[0]
+    assert (given["real_weight"], given["fake_weight"], given["g_weight"]) == (1.0, 0.5, 2.0)
+    given = insgen.make_plugin_kwargs({"insgen": True, "insgen_weights": "g=2", "insgen_no_g": True}, context)[0]
+    assert given["g_weight"] == 0.0  # --insgen-no-g wins
+    with pytest.raises(click.BadParameter, match="real, fake, g") as info:
+        insgen.make_plugin_kwargs({"insgen": True, "insgen_weights": "kd=1"}, context)
+    assert info.value.param_hint == "'--insgen-weights'"
     assert not hasattr(insgen.InsGen(queue_size=4, g_weight=0.0), "g_loss")  # no G-side work at all
     with pytest.raises(click.BadParameter, match="--insgen-queue"):
         insgen.make_plugin_kwargs({"insgen_queue": 64}, context)

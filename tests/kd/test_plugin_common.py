@@ -6,7 +6,7 @@ import torch
 
 import dnnlib
 from stylegan2_ada_kd import apa, insgen, kd_plugin, lecam
-from stylegan2_ada_kd.plugin_common import probe_d_feature_channels, reject_orphan_options
+from stylegan2_ada_kd.plugin_common import parse_term_weights, probe_d_feature_channels, reject_orphan_options
 from training.networks import Discriminator
 
 ORPHANS = [  # (module, an option given without its switch, the flag, the hint the message names)
@@ -16,6 +16,7 @@ ORPHANS = [  # (module, an option given without its switch, the flag, the hint t
     (lecam, dict(lecam_start_kimg=0.0), "--lecam-start-kimg", "add --lecam=WEIGHT or"),
     (insgen, dict(insgen_queue=64), "--insgen-queue", "add --insgen or"),
     (insgen, dict(insgen_no_g=True), "--insgen-no-g", "add --insgen or"),
+    (insgen, dict(insgen_weights="g=1"), "--insgen-weights", "add --insgen or"),
     (kd_plugin, dict(kd_interval=2), "--kd-interval", "add --kd=agkd,cgkd"),
 ]
 
@@ -45,3 +46,13 @@ def test_probe_reports_the_feature_width_and_leaves_the_rng_alone(name, expected
     state = torch.random.get_rng_state()
     assert probe_d_feature_channels(ctx, name) == widths[expected]
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_term_weights_parse_names_once_and_reject_bad_items_in_one_line():
+    assert parse_term_weights(" B=2.5, a=0 ", ("a", "b"), "--w", "x") == {"b": 2.5, "a": 0.0}
+    assert parse_term_weights("", ("a",), "--w", "x") == {}
+    for bad in ("c=1", "a", "a=1,a=2", "a=-1", "a=nan", "a=inf", "a=x"):
+        with pytest.raises(click.BadParameter) as info:
+            parse_term_weights(bad, ("a", "b"), "--w", "terms given to --t")
+        message = info.value.format_message()
+        assert info.value.param_hint == "'--w'" and "terms given to --t (a, b)" in message and "\n" not in message
