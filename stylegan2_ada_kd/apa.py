@@ -102,6 +102,10 @@ class APA(torch.nn.Module):
         training_stats.report("Progress/apa_p", float(self.p))
         self._pseudo = None  # a new step draws new fakes
 
+    def tick_fields(self):
+        """{'apa_p': p} for the tick line, next to ADA's `augment`."""
+        return {"apa_p": float(self.p)}
+
 
 def mix_pseudo(real_img, pseudo_img, p):
     """real_img, pseudo_img [N, C, H, W]; each row i is pseudo_img[i] with probability p, else real_img[i].

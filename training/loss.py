@@ -44,6 +44,9 @@ takes **kwargs). N = batch_gpu, images are float [N, C, H, W] in about [-1, 1].
         *_raw: the same batches before A (reals after augment_real), *_logits [N, 1], *_feats
         dicts or None, gen_z [N, z_dim], gen_ws [N, num_ws, w_dim] the (style-mixed) latents that
         made gen_raw = G.synthesis(gen_ws). The result (averaged if not a scalar) is added to D's loss.
+    d_loss_active() -> bool: whether d_loss runs in this step's Dmain (default True). A plugin that
+        skips steps (KD with interval > 1) says so here, so on those steps the loss neither asks D
+        for features nor builds the joint backward for it.
     g_loss(gen_img, gen_c, gen_logits, gen_feats, gen_z; optional gen_raw, gen_ws) -> Tensor or None: Gmain
         (also Gboth); gen_img as D saw it and gen_raw = G(z) before A, both with their graph back to
         G. Added to G's loss. D and the plugin's own parameters do not train in G phases.
@@ -53,6 +56,8 @@ takes **kwargs). N = batch_gpu, images are float [N, C, H, W] in about [-1, 1].
     after_step(cur_nimg, batch_size): after every training step (all phases, optimizer steps, the
         G EMA), on every rank at the same steps, so it may run collectives (adaptive rules that
         average over ranks, momentum updates).
+    tick_fields() -> {name: float}: extra fields for the tick line (rank 0, once per tick), printed
+        after StyleGAN2-ADA's as `name value`, e.g. APA's {'apa_p': p}.
     d_parameters() -> list of parameters (or optimizer param-group dicts): trained by D's
         optimizer (default: the plugin's parameters that require grad right after setup). Their
         gradients are averaged across ranks and cleaned like D's; they train only in D phases.
@@ -278,7 +283,8 @@ class StyleGAN2Loss:
 
     def _d_pass(self, real_img, real_c, gen_z, gen_c, gain, do_main, do_r1):
         """Dmain and/or R1 on one batch; one backward with plugin terms, else StyleGAN2-ADA's two."""
-        d_plugins = self._with_hook("d_loss") if do_main else []
+        d_plugins = [plugin for plugin in self._with_hook("d_loss")
+                     if not hasattr(plugin, "d_loss_active") or plugin.d_loss_active()] if do_main else []
         feats_wanted = bool(d_plugins) and self._wants_features("d_loss")
         fake = None
         if do_main:
@@ -374,6 +380,13 @@ class StyleGAN2Loss:
         self.context.cur_nimg = int(cur_nimg)
         for plugin in self._with_hook("after_step"):
             plugin.after_step(cur_nimg=int(cur_nimg), batch_size=int(batch_size))
+
+    def tick_fields(self):
+        """{name: float} of every plugin's `tick_fields()`, in plugin order (tick line extras)."""
+        fields = {}
+        for plugin in self._with_hook("tick_fields"):
+            fields.update({str(name): float(value) for name, value in plugin.tick_fields().items()})
+        return fields
 
     def state_dict(self):
         """{'pl_mean': tensor [], 'plugins': {name: plugin state_dict}} (tensors on the CPU)."""

@@ -91,7 +91,8 @@ def generate_grid_images(G_ema, grid_z, grid_c):
 
 
 def tick_line(fields):
-    """The tick line: StyleGAN2-ADA's fields, then `nonfinite` (gradient elements) and `eta`."""
+    """The tick line: StyleGAN2-ADA's fields, the plugins' (`fields.extra`, {name: float}), then
+    `nonfinite` (gradient elements) and `eta`."""
     parts = [
         f"tick {fields.tick:<5d}",
         f"kimg {fields.kimg:<8.1f}",
@@ -102,6 +103,7 @@ def tick_line(fields):
         f"cpumem {fields.cpu_mem_gb:<6.2f}",
         f"gpumem {fields.gpu_mem_gb:<6.2f}",
         f"augment {fields.augment:.3f}",
+        *(f"{name} {value:.3f}" for name, value in fields.get("extra", {}).items()),
         f"nonfinite {int(fields.nonfinite):d}",
         f"eta {_format_eta(fields.eta_sec)}",
     ]

@@ -347,6 +347,7 @@ class _TrainingRun:
             sec_per_tick=tick_sec, sec_per_kimg=sec_per_kimg, maintenance_sec=self.maintenance_time,
             cpu_mem_gb=psutil.Process(os.getpid()).memory_info().rss / 2**30, gpu_mem_gb=gpu_mem,
             augment=float(self.augment_pipe.p) if self.augment_pipe is not None else 0.0,
+            extra=self.steps.loss.tick_fields() if hasattr(self.steps.loss, "tick_fields") else {},
             nonfinite=int(self.nonfinite_tick),
             eta_sec=max(o.total_kimg * 1000 - self.cur_nimg, 0) / 1000 * sec_per_kimg)
         self.nonfinite_tick.zero_()

@@ -138,6 +138,29 @@ def test_interval_skips_kd_on_other_steps_and_is_state(tiny_clip):
     assert counts["Loss/KD/agkd"] == 1 and counts["Loss/KD/cgkd"] == 1
 
 
+def test_skipped_steps_ask_d_for_no_features_and_give_the_plain_gradients(tiny_clip):
+    G, D = tiny_networks()
+    probe = ProbeD(D)
+    loss = make_loss(tiny_clip, G, probe, interval=2)
+    plain = StyleGAN2Loss("cpu", G, D, r1_gamma=1)
+    loss.after_step(4, 4)  # step 1 of interval 2: KD off
+    assert not loss.plugins["kd"].d_loss_active()
+    probe.seen.clear()  # set-up's feature-width probe
+    grads = []
+    for phase_loss in (loss, plain):
+        D.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        phase_loss.accumulate_gradients("Dmain", *batch(), gain=1)
+        grads.append([p.grad.clone() for p in D.parameters()])
+    assert [flag for _, flag in probe.seen] == [False, False]  # fakes, reals: no feature pass
+    for got, want in zip(*grads):
+        assert torch.allclose(got, want, atol=1e-6)
+    loss.after_step(8, 4)  # step 2: KD on, features requested again
+    probe.seen.clear()
+    counts = collect(lambda: loss.accumulate_gradients("Dmain", *batch(), gain=1))
+    assert [flag for _, flag in probe.seen] == [True, True] and counts["Loss/KD/agkd"] == 1
+
+
 def test_prompts_default_to_class_names_else_the_released_ten(tiny_clip):
     G, D = tiny_networks()
     teacher = build_teacher(tiny_clip[0], ckpt=tiny_clip[1])

@@ -96,7 +96,7 @@ def build_run(tmp_path, data, modules, name, with_kd, teacher_options, run, resu
 
 
 @pytest.mark.parametrize("name, with_kd", CASES, ids=[f"{n}{'+kd' if kd else ''}" for n, kd in CASES])
-def test_combination_trains_one_tick(tmp_path, data, plugin_modules, teacher_options, name, with_kd):
+def test_combination_trains_one_tick(tmp_path, data, plugin_modules, teacher_options, name, with_kd, capsys):
     setup, kwargs = build_run(tmp_path, data, plugin_modules, name, with_kd, teacher_options, "run",
                               total_kimg=0.008, kimg_per_tick=0.004, image_snapshot_ticks=None)
     training_loop(**kwargs)
@@ -104,6 +104,13 @@ def test_combination_trains_one_tick(tmp_path, data, plugin_modules, teacher_opt
     plugins = state["ranks"][0]["loss"]["plugins"]
     expected = (["kd"] if with_kd else []) + COMBINATIONS[name][1]
     assert list(plugins) == expected and state["cur_nimg"] == 8
+    last_tick = [line for line in capsys.readouterr().out.splitlines() if line.startswith("tick ")][-1].split()
+    if "apa" in plugins:  # APA's p on the tick line, between ADA's augment and nonfinite
+        at = last_tick.index("apa_p")
+        assert last_tick[at - 2] == "augment" and last_tick[at + 2] == "nonfinite"
+        assert last_tick[at + 1] == f"{float(plugins['apa']['p']):.3f}"
+    else:
+        assert "apa_p" not in last_tick
     stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     for plugin in expected:
         assert PLUGIN_STATS[plugin] in stats[-1], plugin

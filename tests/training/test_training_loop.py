@@ -111,6 +111,11 @@ def test_tick_line_has_reference_fields_plus_nonfinite_and_eta():
                             "2.50", "maintenance", "0.5", "cpumem", "1.25", "gpumem", "0.00", "augment", "0.125",
                             "nonfinite", "7", "eta", "1m", "05s"]
     assert line.startswith("tick 3     kimg 12.5     time 1h 02m 05s   sec/tick 10.0    ")
+    extra = training_logs.tick_line(dnnlib.EasyDict(tick=3, kimg=12.5, total_sec=3725, sec_per_tick=10.0,
+                                                    sec_per_kimg=2.5, maintenance_sec=0.5, cpu_mem_gb=1.25,
+                                                    gpu_mem_gb=0, augment=0.125, nonfinite=7, eta_sec=65,
+                                                    extra={"apa_p": 0.25, "x": 2}))
+    assert extra.split()[18:26] == ["augment", "0.125", "apa_p", "0.250", "x", "2.000", "nonfinite", "7"]
 
 
 def test_image_grid_rows_are_classes_and_grid_layout(tmp_path):
