@@ -179,12 +179,12 @@ def run_projection(network_pkl, target_fname, num_steps, seed, save_video, class
     np.random.seed(seed)
     torch.manual_seed(seed)
     G, device = load_G_ema(network_pkl, device)
+    label = make_label(G, class_idx, device)
+    target_uint8 = load_target(target_fname, G.img_resolution, G.img_channels)  # before the (large) VGG16 load
     try:
         vgg16 = detectors.get_detector("vgg16", vgg16_path, device)
     except OSError as e:
         raise click.ClickException(str(e)) from None
-    label = make_label(G, class_idx, device)
-    target_uint8 = load_target(target_fname, G.img_resolution, G.img_channels)
 
     def progress(step, dist, loss):
         if step % 100 == 0 or step == num_steps - 1:

@@ -1,9 +1,11 @@
 """Helpers for tests that spawn several cooperating processes."""
 
+import contextlib
 import socket
 import time
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 
 
@@ -23,3 +25,15 @@ def run_workers(fn, nprocs, args, timeout=90):
             for process in context.processes:
                 process.kill()
             pytest.fail(f"worker processes did not finish within {timeout} s (deadlock?)")
+
+
+@contextlib.contextmanager
+def gloo_group(rank, port, world_size=2):
+    """Join a gloo process group on 127.0.0.1:port for the block; leave it together (barrier first)."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world_size)
+    try:
+        yield
+    finally:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -269,10 +269,14 @@ def find_latest_resume(outdir: str, dataset_name: str) -> str | None:
 
 
 def resolve_resume(resume: str, outdir: str, dataset_name: str):
-    """(resume_pkl or None, run-dir suffix) for --resume."""
+    """(resume_pkl or None, run-dir suffix) for --resume.
+
+    A local file named like a pretrained short name wins over the short name, as in legacy.py and
+    generate.py (`legacy.resolve_network`).
+    """
     if resume == "noresume":
         return None, ""
-    if resume in RESUME_URLS:
+    if resume in RESUME_URLS and not os.path.exists(resume):
         return RESUME_URLS[resume], f"-resume{resume}"
     if resume == "latest":
         path = find_latest_resume(outdir, dataset_name)

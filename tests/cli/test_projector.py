@@ -130,6 +130,9 @@ def test_bad_inputs(tiny, vgg_path, tmp_path, monkeypatch):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     corrupt = run("--target", str(tmp_path / "bad.png"), "--save-video", "false", "--vgg16-path", vgg_path)
     assert corrupt.exit_code == 2 and "bad.png: cannot read the image" in corrupt.output
+    # The target is checked before VGG16 is loaded: a bad target wins over a missing VGG16 file.
+    both = run("--target", str(tmp_path / "bad.png"), "--save-video", "false", "--vgg16-path", str(tmp_path / "v.pt"))
+    assert both.exit_code == 2 and "bad.png: cannot read the image" in both.output and "v.pt" not in both.output
     no_vgg = run("--target", target, "--save-video", "false", "--vgg16-path", str(tmp_path / "vgg.pt"))
     assert no_vgg.exit_code == 1 and "vgg.pt" in no_vgg.output
     monkeypatch.setitem(sys.modules, "imageio", None)  # as if imageio were not installed

@@ -15,7 +15,7 @@ from metrics import detectors, metric_main, metric_utils
 from metrics.perceptual_path_length import compute_ppl, slerp
 from tests.metrics.toy_detectors import (BrightnessClassDetector, LevelG, LinearG, PlainStatsNet, ReplayG,
                                          ToyDetector, save_detector)
-from tests.multiprocess import free_port, run_workers
+from tests.multiprocess import free_port, gloo_group, run_workers
 
 NO_WORKERS = dict(data_loader_kwargs=dict(num_workers=0), device="cpu")
 
@@ -298,8 +298,7 @@ def test_content_hash_ignores_location_but_not_bytes(tmp_path):
 
 def _gather_worker(rank, port, out_dir, detector_file, data_path):
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, port):
         opts = metric_utils.MetricOptions(G=LinearG(res=8), dataset_kwargs=dataset_kwargs(data_path), num_gpus=2,
                                           rank=rank, batch_size=8, cache=False, inception_path=detector_file,
                                           **NO_WORKERS)
@@ -309,9 +308,6 @@ def _gather_worker(rank, port, out_dir, detector_file, data_path):
         real = metric_utils.compute_feature_stats_for_dataset(opts, detector, dict(return_features=True), "fid",
                                                               capture_mean_cov=True, capture_all=True)
         np.savez(os.path.join(out_dir, f"rank{rank}.npz"), gen=gen, real=real.get_all(), mean=real.mean)
-    finally:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 def test_two_gloo_processes_gather_the_single_process_result(tmp_path, toy_detector):
@@ -337,16 +333,12 @@ def _cache_worker(rank, port, out_dir, detector_file, data_path):
     hashed = []
     real_hash = metric_utils.dataset_content_hash
     metric_utils.dataset_content_hash = lambda path: hashed.append(path) or real_hash(path)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, port):
         opts = metric_utils.MetricOptions(dataset_kwargs=dataset_kwargs(data_path), num_gpus=2, rank=rank,
                                           batch_size=4, inception_path=detector_file, **NO_WORKERS)
         runs = [metric_utils.compute_feature_stats_for_dataset(opts, opts.detector("inception"), dict(
             return_features=True), "fid", capture_all=True).get_all() for _ in range(2)]
         np.savez(os.path.join(out_dir, f"rank{rank}.npz"), first=runs[0], second=runs[1], hashed=len(hashed))
-    finally:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 def test_two_processes_share_the_stats_cache_and_only_rank0_hashes_the_dataset(tmp_path, toy_detector):

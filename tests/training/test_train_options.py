@@ -291,6 +291,14 @@ def test_resume_options(tmp_path, cats):
         build(tmp_path, cats, resume=str(tmp_path / "missing.pkl"))
 
 
+def test_resume_local_file_named_like_a_short_name_wins(tmp_path, cats, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _touch(tmp_path / "ffhq256")
+    setup = build(tmp_path, cats, resume="ffhq256")
+    assert setup.kwargs.resume_pkl == str(tmp_path / "ffhq256") and setup.desc.endswith("-resumecustom")
+    assert build(tmp_path, cats, resume="ffhq512").kwargs.resume_pkl == to.RESUME_URLS["ffhq512"]
+
+
 # ---- Plugins.
 
 PLUGIN_SOURCE = '''
