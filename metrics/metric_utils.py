@@ -265,18 +265,6 @@ def _from_rank0(make_value, opts):
     return box[0]
 
 
-def _broadcast_flag(flag, opts):
-    if opts.num_gpus == 1:
-        return flag
-    value = torch.tensor([1 if flag else 0], device=opts.device if opts.device.type == "cuda" else "cpu")
-    torch.distributed.broadcast(value, src=0)
-    return bool(value.item())
-
-
-# ----------------------------------------------------------------------------
-# Feature statistics of reals and fakes.
-
-
 def _finish(local_rows, plan, opts, capture_all, capture_mean_cov, feature_dim):
     local = torch.cat(local_rows) if local_rows else torch.zeros([0, feature_dim], device=opts.device)
     features = gather_rows(local, plan, opts)
@@ -293,12 +281,14 @@ def compute_feature_stats_for_dataset(opts, detector, detector_kwargs, stats_nam
     num_items = len(dataset) if max_items is None else min(len(dataset), int(max_items))
     cache_file = None
     if opts.cache and opts.dataset_kwargs.get("path"):  # the key hashes the files under `path`
-        # Only rank 0 hashes the dataset (it reads every file) and decides, so all ranks agree even if
-        # the file appears while they check; the others learn the file name from it.
-        cache_file = _from_rank0(lambda: stats_cache_path(
-            opts, detector, stats_name, detector_kwargs=detector_kwargs, capture_all=capture_all,
-            capture_mean_cov=capture_mean_cov, num_items=num_items), opts)
-        if _broadcast_flag(opts.rank == 0 and os.path.isfile(cache_file), opts):
+        # Only rank 0 hashes the dataset (it reads every file) and decides whether the cache exists, so
+        # all ranks agree even if the file appears while they check.
+        def locate():
+            path = stats_cache_path(opts, detector, stats_name, detector_kwargs=detector_kwargs,
+                                    capture_all=capture_all, capture_mean_cov=capture_mean_cov, num_items=num_items)
+            return path, os.path.isfile(path)
+        cache_file, cached = _from_rank0(locate, opts)
+        if cached:
             stats = _load_cached_stats(cache_file)
             if stats is not None:
                 return stats
