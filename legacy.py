@@ -132,10 +132,8 @@ def resolve_network(name_or_path: str) -> str:
 
     An existing local file of that name wins over the short name.
     """
-    urls = pretrained_urls()
-    if name_or_path in urls and not os.path.exists(name_or_path):
-        return urls[name_or_path]
-    return name_or_path
+    from training.train_options import pretrained_url  # imported here, as in pretrained_urls
+    return pretrained_url(name_or_path) or name_or_path
 
 
 def load_network_pkl_from(url_or_path: str, force_fp16: bool = False) -> dict:

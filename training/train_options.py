@@ -94,6 +94,13 @@ RESUME_URLS = {  # the official StyleGAN2-ADA transfer-learning sources (URLs as
     "lsundog256": _SOURCE_NETS + "lsundog-res256-paper256-kimg100000-noaug.pkl",
 }
 
+
+def pretrained_url(name: str) -> str | None:
+    """The official URL for a short name of RESUME_URLS, or None: for any other name, and where a
+    local file of that name exists (a file the user named wins over the short name everywhere)."""
+    return RESUME_URLS[name] if name in RESUME_URLS and not os.path.exists(name) else None
+
+
 # Must match stylegan2_ada_kd.diffaugment.POLICIES (checked by a test; not imported, see DESIGN.md).
 DIFFAUG_OPS = ("color", "translation", "cutout")
 DIFFAUG_DEFAULT_POLICY = "color,translation,cutout"
@@ -269,15 +276,12 @@ def find_latest_resume(outdir: str, dataset_name: str) -> str | None:
 
 
 def resolve_resume(resume: str, outdir: str, dataset_name: str):
-    """(resume_pkl or None, run-dir suffix) for --resume.
-
-    A local file named like a pretrained short name wins over the short name, as in legacy.py and
-    generate.py (`legacy.resolve_network`).
-    """
+    """(resume_pkl or None, run-dir suffix) for --resume (short names through `pretrained_url`)."""
     if resume == "noresume":
         return None, ""
-    if resume in RESUME_URLS and not os.path.exists(resume):
-        return RESUME_URLS[resume], f"-resume{resume}"
+    url = pretrained_url(resume)
+    if url is not None:
+        return url, f"-resume{resume}"
     if resume == "latest":
         path = find_latest_resume(outdir, dataset_name)
         if path is None:
